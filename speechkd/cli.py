@@ -1,0 +1,164 @@
+"""`speechkd <command>`: thin wrappers over library functions.
+
+Each command's flags are generated from its config dataclass (`--batch-size` <-> `batch_size`), so
+a YAML file (`--config`) and the command line set the same fields, and the merged config is saved
+beside the run's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from speechkd.config import ConfigError, load_config
+
+
+def _flag_type(tp: Any) -> Callable[[str], Any] | None:
+    """argparse converter for a config field type; None for types the CLI does not expose."""
+    origin = typing.get_origin(tp)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return _flag_type(args[0])
+    if origin is typing.Literal:
+        return str
+    if origin in (tuple, list):
+        inner = _flag_type(args[0]) if args else str
+        return (lambda s: [inner(x) for x in s.split(",") if x]) if inner else None
+    if tp is bool:
+        return lambda s: s.lower() in ("1", "true", "yes", "on")
+    if tp in (int, float, str):
+        return tp
+    return None
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """--config YAML plus one --flag per simple field of `cls` (default None = keep YAML/default)."""
+    parser.add_argument("--config", type=Path, help=f"YAML file with {cls.__name__} fields")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        conv = _flag_type(hints[f.name])
+        if conv is None:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=conv, default=None,
+                            help=f"(default: {default!r})")
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    return load_config(cls, args.config, **overrides)
+
+
+# ---------------------------------------------------------------------------------------- commands
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from speechkd.synth import SynthConfig, synthesize_corpus
+
+    out = synthesize_corpus(args.out, config_from_args(SynthConfig, args))
+    print(f"corpus written to {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from speechkd.evaluate import EvalConfig, format_table, run_eval
+    from speechkd.runlog import setup_logging
+
+    cfg = config_from_args(EvalConfig, args)
+    setup_logging(args.out, "eval")
+    result = run_eval(cfg, args.out)
+    print(format_table([result]))
+    if args.out:
+        print(f"results: {Path(args.out) / 'results.json'}")
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    from speechkd.label import LabelConfig, labels_to_dataset, run_label
+    from speechkd.runlog import setup_logging
+
+    cfg = config_from_args(LabelConfig, args)
+    setup_logging(args.out.parent, "label")
+    summary = run_label(cfg, args.data, args.out, progress=not args.quiet)
+    if args.hf_out:
+        labels_to_dataset(args.out, args.hf_out, data=args.data)
+        print(f"HF dataset saved to {args.hf_out}")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from speechkd.demo import DemoConfig, run_demo
+
+    run_demo(config_from_args(DemoConfig, args), args.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from speechkd import __version__
+
+    p = argparse.ArgumentParser(prog="speechkd", description="Knowledge distillation for speech models.")
+    p.add_argument("--version", action="version", version=f"speechkd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    from speechkd.demo import DemoConfig
+    from speechkd.evaluate import EvalConfig
+    from speechkd.label import LabelConfig
+    from speechkd.synth import SynthConfig
+
+    s = sub.add_parser("synth", help="synthesise an offline multi-speaker speech corpus (espeak-ng)")
+    s.add_argument("--out", required=True, type=Path, help="output corpus folder")
+    add_config_args(s, SynthConfig)
+    s.set_defaults(func=cmd_synth)
+
+    e = sub.add_parser("eval", help="WER/CER, real-time factor, parameters and size of a model on data with references")
+    e.add_argument("--out", type=Path, help="run folder for results.json, per_utterance.jsonl, config.yaml, log/")
+    add_config_args(e, EvalConfig)
+    e.set_defaults(func=cmd_eval)
+
+    lab = sub.add_parser("label", help="pseudo-label audio with a Whisper teacher (resumable, sharded)")
+    lab.add_argument("--data", required=True, help="audio folder, JSONL manifest or saved HF dataset")
+    lab.add_argument("--out", required=True, type=Path, help="labels JSONL (siblings: .config.yaml, .skipped.jsonl, .summary.json)")
+    lab.add_argument("--hf-out", type=Path, help="also save the labels as an HF dataset (save_to_disk) here")
+    lab.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(lab, LabelConfig)
+    lab.set_defaults(func=cmd_label)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the embedded default data")
+    d.add_argument("--out", type=Path, default=Path("exp/demo"))
+    add_config_args(d, DemoConfig)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from speechkd.data import AudioError, DataError
+
+    from speechkd.label import LabelError
+
+    from speechkd.synth import EspeakError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, DataError, AudioError, FileNotFoundError, LabelError,
+                                              EspeakError)
+    try:
+        from speechkd.teachers import TeacherLoadError
+
+        known += (TeacherLoadError,)
+    except ImportError:
+        pass
+    try:
+        return args.func(args)
+    except known as e:
+        print(f"speechkd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"speechkd {args.command}: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130

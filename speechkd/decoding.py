@@ -1,0 +1,339 @@
+"""Scored Whisper decoding of 30-s windows, with the same outputs from both backends.
+
+Labelling needs more than text: per-token log-probabilities and the entropy of each step's full
+next-token distribution (confidence filters), the no-speech probability, sampled alternative
+hypotheses (agreement filters), and token start times to split a packed window back into its
+utterances. Each window's audio is encoded once and reused for all of these.
+
+- ctranslate2: `encode`, then `generate` (greedy, `return_logits_vocab` gives each step's
+  distribution), sampling from the same encoder output, and `align` (cross-attention DTW).
+- transformers: `generate()` cannot reuse encoder outputs for sampling nor return the no-speech
+  probability, so this module runs a short greedy/sampling loop over the model's own forward with
+  its KV cache, and aligns tokens with the alignment heads' cross-attention and DTW, as Whisper does.
+Both apply the same suppression rules (the model's suppress lists, timestamps and special tokens off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, WHISPER_MAX_TARGET_TOKENS
+
+SAMPLE_RATE_HZ = 16_000
+FRAME_SECONDS = 0.02  # one encoder frame (two 10 ms mel hops)
+SAMPLES_PER_FRAME = int(SAMPLE_RATE_HZ * FRAME_SECONDS)
+MEDIAN_FILTER_WIDTH = 7  # smoothing of cross-attention before DTW, as in openai/whisper's timing.py
+NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # v3 name first, older checkpoints second
+
+
+@dataclass
+class Hypothesis:
+    """Text tokens of one decoded sequence (no special tokens) with their per-step statistics."""
+
+    ids: list[int]
+    logprobs: list[float] = field(default_factory=list)  # log p of each chosen text token
+    entropies: list[float] = field(default_factory=list)  # entropy (nats) of each step, text tokens then end-of-text
+    eot_logprob: float = 0.0
+    token_starts: list[float] | None = None  # seconds from the window start, when alignment was asked for
+
+
+@dataclass
+class WindowResult:
+    best: Hypothesis
+    samples: list[Hypothesis]
+    no_speech_prob: float
+    language: str | None
+
+
+def step_stats(logits: np.ndarray, chosen: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Log-probability of the chosen token and entropy per step, from raw (suppressed = -inf) logits."""
+    x = np.asarray(logits, dtype=np.float64)
+    x = np.where(x < -1e30, -np.inf, x)  # CT2 marks suppressed tokens with -FLT_MAX
+    m = x.max(axis=-1, keepdims=True)
+    logz = m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    logp = x - logz
+    p = np.exp(logp)
+    ent = -(p * np.where(p > 0, logp, 0.0)).sum(axis=-1)
+    chosen_lp = logp[np.arange(len(chosen)), np.asarray(chosen)]
+    return chosen_lp, ent
+
+
+def dtw_token_starts(attn: np.ndarray, num_frames: int) -> list[float]:
+    """Start time (s) of each token from alignment-head cross-attention [heads, tokens, frames]."""
+    from scipy.ndimage import median_filter
+
+    w = attn[:, :, :num_frames].astype(np.float64)
+    w = (w - w.mean(axis=-1, keepdims=True)) / (w.std(axis=-1, keepdims=True) + 1e-8)
+    w = median_filter(w, size=(1, 1, MEDIAN_FILTER_WIDTH))
+    cost = -w.mean(axis=0)  # tokens x frames
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf)
+    acc[0, 0] = 0.0
+    trace = np.zeros((n + 1, m + 1), dtype=np.int8)
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            choices = (acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1])
+            k = int(np.argmin(choices))
+            acc[i, j] = cost[i - 1, j - 1] + choices[k]
+            trace[i, j] = k
+    i, j, starts = n, m, [m] * n
+    while i > 0 and j > 0:
+        starts[i - 1] = min(starts[i - 1], j - 1)
+        k = trace[i, j]
+        if k == 0:
+            i, j = i - 1, j - 1
+        elif k == 1:
+            i -= 1
+        else:
+            j -= 1
+    return [s * FRAME_SECONDS for s in starts]
+
+
+class ScoredDecoder:
+    """Decode batches of windows (<= 30 s of 16 kHz audio each) with scores; one instance per job."""
+
+    def __init__(
+        self,
+        teacher,
+        backend: Literal["transformers", "ctranslate2"],
+        *,
+        language: str | None = "en",
+        task: str = "transcribe",
+        num_samples: int = 0,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+    ):
+        self.teacher = teacher
+        self.backend = backend
+        self.language = teacher._language_code(language) if teacher.is_multilingual else None
+        self.task = teacher._check_task(task)
+        self.num_samples = num_samples
+        self.temperature = temperature
+        self.seed = seed
+        tok = teacher.tokenizer
+        self.eot = tok.convert_tokens_to_ids(EOT_TOKEN)
+        self.timestamp_begin = tok.convert_tokens_to_ids(NO_TIMESTAMPS_TOKEN) + 1
+        vocab = tok.get_vocab()
+        self.no_speech_id = next((vocab[t] for t in NO_SPEECH_TOKENS if t in vocab), None)
+        gen = teacher.model_generation_config
+        self.suppress = sorted(set(gen.suppress_tokens or []))
+        self.begin_suppress = sorted(set(gen.begin_suppress_tokens or []))
+        limit = int(gen.max_length or WHISPER_MAX_TARGET_TOKENS)
+        self.max_new_tokens = min(max_new_tokens or limit, limit // 2)  # Whisper's own cap: half the context
+        self._prompt_cache: dict[str | None, list[int]] = {}
+        self.word_start = None  # lazily: which token ids begin a word (leading space)
+
+    # ------------------------------------------------------------------------------------ public
+
+    def decode(self, windows: Sequence[np.ndarray], align: Sequence[bool], batch_index: int = 0) -> list[WindowResult]:
+        features = self.teacher.features(list(windows))
+        frames = [min(1500, -(-len(w) // SAMPLES_PER_FRAME)) for w in windows]
+        if self.backend == "ctranslate2":
+            return self._decode_ct2(features, frames, align, batch_index)
+        return self._decode_hf(features, frames, align, batch_index)
+
+    def is_word_start(self, token_id: int) -> bool:
+        if self.word_start is None:
+            tok = self.teacher.tokenizer
+            pieces = tok.convert_ids_to_tokens(list(range(self.eot)))
+            self.word_start = np.array([p.startswith("Ġ") or p.startswith(" ") for p in pieces])
+        return bool(token_id < len(self.word_start) and self.word_start[token_id])
+
+    # ------------------------------------------------------------------------------ ctranslate2
+
+    def _prompts(self, languages: Sequence[str | None]) -> list[list[int]]:
+        for lang in set(languages) - set(self._prompt_cache):
+            self._prompt_cache[lang] = self.teacher.prompt_ids(lang, self.task)
+        return [self._prompt_cache[lang] for lang in languages]
+
+    def _decode_ct2(self, features, frames, align, batch_index) -> list[WindowResult]:
+        import ctranslate2
+
+        model = self.teacher.ct2_model
+        encoded = model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        if self.teacher.is_multilingual and self.language is None:
+            languages = [pairs[0][0][2:-2] for pairs in model.detect_language(encoded)]
+        else:
+            languages = [self.language] * len(features)
+        prompts = self._prompts(languages)
+        common = dict(max_length=len(prompts[0]) + self.max_new_tokens, suppress_blank=True, suppress_tokens=self.suppress)
+        greedy = model.generate(encoded, prompts, beam_size=1, sampling_topk=1, return_logits_vocab=True,
+                                return_no_speech_prob=True, **common)
+        results = []
+        for r in greedy:
+            ids = self._text_ids(r.sequences_ids[0])
+            logits = np.stack([np.asarray(s) for s in r.logits[0]])
+            chosen = ids + [self.eot] if len(logits) > len(ids) else ids
+            lp, ent = step_stats(logits[: len(chosen)], chosen)
+            hyp = Hypothesis(ids, lp[: len(ids)].tolist(), ent.tolist(), float(lp[len(ids)]) if len(chosen) > len(ids) else 0.0)
+            results.append(WindowResult(hyp, [], float(r.no_speech_prob), languages[len(results)]))
+        if self.num_samples:
+            ctranslate2.set_random_seed(self.seed + batch_index)
+            sampled = model.generate(encoded, prompts, beam_size=1, sampling_topk=0, sampling_temperature=self.temperature,
+                                     num_hypotheses=self.num_samples, return_scores=False, **common)
+            for res, r in zip(results, sampled):
+                res.samples = [Hypothesis(self._text_ids(seq)) for seq in r.sequences_ids]
+        if any(align):
+            self._align_ct2(model, encoded, prompts, frames, align, results)
+        return results
+
+    def _align_ct2(self, model, encoded, prompts, frames, align, results) -> None:
+        import ctranslate2
+
+        enc = np.asarray(encoded)
+        rows, tokens, nframes, targets = [], [], [], []
+        for i, res in enumerate(results):
+            if not align[i]:
+                continue
+            for hyp in [res.best, *res.samples]:
+                if hyp.ids:
+                    rows.append(i)
+                    tokens.append(hyp.ids)
+                    nframes.append(2 * frames[i])  # align counts 10 ms mel frames, returns 20 ms encoder frames
+                    targets.append(hyp)
+                else:
+                    hyp.token_starts = []
+        if not rows:
+            return
+        sub = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc[rows]))
+        # All prompts in one batch share a length; align takes one start sequence, so align per language.
+        for lang_prompt in {tuple(prompts[i]) for i in rows}:
+            idx = [k for k, i in enumerate(rows) if tuple(prompts[i]) == lang_prompt]
+            view = sub if len(idx) == len(rows) else ctranslate2.StorageView.from_array(np.ascontiguousarray(enc[[rows[k] for k in idx]]))
+            out = model.align(view, list(lang_prompt), [tokens[k] for k in idx], [nframes[k] for k in idx],
+                              median_filter_width=MEDIAN_FILTER_WIDTH)
+            for k, a in zip(idx, out):
+                starts = [None] * len(tokens[k])
+                for ti, fi in a.alignments:
+                    if ti < len(starts) and starts[ti] is None:
+                        starts[ti] = fi * FRAME_SECONDS
+                last = 0.0
+                for t in range(len(starts)):  # DTW paths cover every token; guard anyway
+                    last = starts[t] = starts[t] if starts[t] is not None else last
+                targets[k].token_starts = starts
+
+    def _text_ids(self, seq: Sequence[int]) -> list[int]:
+        out = []
+        for t in seq:
+            if t == self.eot:
+                break
+            if t < self.eot:
+                out.append(int(t))
+        return out
+
+    # ----------------------------------------------------------------------------- transformers
+
+    def _decode_hf(self, features, frames, align, batch_index) -> list[WindowResult]:
+        teacher = self.teacher
+        model = teacher.model
+        device, dtype = teacher.device, teacher.dtype
+        inputs = torch.from_numpy(features).to(device=device, dtype=dtype)
+        with torch.inference_mode():
+            enc = model.model.encoder(inputs).last_hidden_state
+            if teacher.is_multilingual and self.language is None:
+                languages = teacher._detect_hf(inputs)
+            else:
+                languages = [self.language] * len(features)
+            prompts = self._prompts(languages)
+            best, no_speech = self._loop_hf(model, enc, prompts, sample=False, generator=None)
+            results = [WindowResult(h, [], ns, lang) for h, ns, lang in zip(best, no_speech, languages)]
+            if self.num_samples:
+                gen = torch.Generator(device="cpu").manual_seed(self.seed + batch_index)
+                k = self.num_samples
+                rep = enc.repeat_interleave(k, dim=0)
+                samples, _ = self._loop_hf(model, rep, [p for p in prompts for _ in range(k)], sample=True, generator=gen)
+                for i, res in enumerate(results):
+                    res.samples = samples[i * k : (i + 1) * k]
+            if any(align):
+                self._align_hf(model, enc, prompts, frames, align, results)
+        return results
+
+    def _suppress_mask(self, vocab_size: int, first_step: bool, device) -> torch.Tensor:
+        mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        mask[[t for t in self.suppress if 0 <= t < vocab_size]] = True
+        mask[self.eot + 1 :] = True  # special tokens and timestamps: never in a no-timestamps transcript
+        if first_step:
+            mask[[t for t in self.begin_suppress if 0 <= t < vocab_size]] = True
+        return mask
+
+    def _loop_hf(self, model, enc, prompts, *, sample: bool, generator):
+        """Greedy (or temperature-sampled) decoding with the KV cache; returns hypotheses and no-speech probs."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        batch = len(prompts)
+        ids = torch.tensor(prompts, device=enc.device)
+        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), decoder_input_ids=ids, use_cache=True)
+        if self.no_speech_id is not None:
+            no_speech = torch.softmax(out.logits[:, 0].float(), dim=-1)[:, self.no_speech_id].tolist()
+        else:
+            no_speech = [0.0] * batch
+        past = out.past_key_values
+        logits = out.logits[:, -1].float()
+        vocab = logits.shape[-1]
+        tokens: list[list[int]] = [[] for _ in range(batch)]
+        step_logits: list[list[np.ndarray]] = [[] for _ in range(batch)]
+        done = torch.zeros(batch, dtype=torch.bool, device=enc.device)
+        for step in range(self.max_new_tokens):
+            logits = logits.masked_fill(self._suppress_mask(vocab, step == 0, logits.device), float("-inf"))
+            if sample:
+                probs = torch.softmax(logits / self.temperature, dim=-1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
+            else:
+                nxt = logits.argmax(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, self.eot), nxt)
+            for b in range(batch):
+                if not done[b]:
+                    tokens[b].append(int(nxt[b]))
+                    if not sample:
+                        step_logits[b].append(logits[b].cpu().numpy())
+            done |= nxt == self.eot
+            if bool(done.all()):
+                break
+            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), decoder_input_ids=nxt[:, None],
+                        past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            logits = out.logits[:, -1].float()
+        hyps = []
+        for b in range(batch):
+            text = self._text_ids(tokens[b])
+            if sample:
+                hyps.append(Hypothesis(text))
+                continue
+            chosen = tokens[b][: len(text) + 1]
+            lp, ent = step_stats(np.stack(step_logits[b][: len(chosen)]), chosen)
+            eot_lp = float(lp[len(text)]) if len(chosen) > len(text) else 0.0
+            hyps.append(Hypothesis(text, lp[: len(text)].tolist(), ent.tolist(), eot_lp))
+        return hyps, no_speech
+
+    def _align_hf(self, model, enc, prompts, frames, align, results) -> None:
+        """Token start times from the alignment heads' cross-attention (teacher-forced pass + DTW)."""
+        from transformers.modeling_outputs import BaseModelOutput
+
+        heads = self.teacher.model_generation_config.alignment_heads
+        if not heads:
+            raise ValueError(f"teacher {self.teacher.name} has no alignment_heads in its generation config; "
+                             "packing needs them to split windows (set pack: false)")
+        previous = model.config._attn_implementation
+        model.set_attn_implementation("eager")  # sdpa does not return attention weights
+        try:
+            for i, res in enumerate(results):
+                if not align[i]:
+                    continue
+                for hyp in [res.best, *res.samples]:
+                    if not hyp.ids:
+                        hyp.token_starts = []
+                        continue
+                    seq = torch.tensor([prompts[i] + hyp.ids + [self.eot]], device=enc.device)
+                    out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc[i : i + 1]),
+                                decoder_input_ids=seq, output_attentions=True)
+                    attn = torch.stack([out.cross_attentions[layer][0, head] for layer, head in heads])
+                    n_prompt = len(prompts[i])
+                    attn = attn[:, n_prompt : n_prompt + len(hyp.ids)].float().cpu().numpy()
+                    hyp.token_starts = dtw_token_starts(attn, frames[i])
+        finally:
+            model.set_attn_implementation(previous)

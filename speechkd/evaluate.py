@@ -1,0 +1,196 @@
+"""Evaluate any recogniser on any data the same way: WER/CER, real-time factor, parameters, bytes.
+
+Teachers and students (Whisper, CTC, ONNX exports) all reach this module as a `Recognizer`, so a
+teacher-vs-student table is measured by one code path on the same audio in the same process.
+Time is measured around the recogniser calls only (decoding audio files is excluded), after a
+warm-up call, with the thread count recorded: that is what a real-time factor means.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol, Sequence
+
+import numpy as np
+
+from speechkd.config import save_config
+from speechkd.data import AudioConfig, SkipList, Utterance, iter_audio, open_data
+from speechkd.io import atomic_write_json, write_jsonl
+from speechkd.metrics import real_time_factor, score
+
+log = logging.getLogger(__name__)
+
+WARMUP_SECONDS = 1.0  # length of the silent clip used to warm a recogniser up before timing
+
+
+class Recognizer(Protocol):
+    name: str
+
+    def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]: ...
+
+    def num_parameters(self) -> int | None: ...
+
+    def size_bytes(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "bundled:tiny.en"
+    data: str = ""
+    backend: Literal["transformers", "ctranslate2", "auto"] = "auto"
+    batch_size: int = 8
+    language: str | None = "en"
+    max_utterances: int | None = None
+    num_threads: int | None = None  # None: leave torch/ct2 defaults
+    compute_type: str = "default"  # ctranslate2 backend: default|int8|float32...
+    warmup: bool = True
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not self.data:
+            raise ValueError("data is required: an audio folder, a JSONL manifest or a saved HF dataset")
+
+
+class WhisperRecognizer:
+    """A Whisper teacher (or Whisper student) behind the Recognizer protocol, on one backend."""
+
+    def __init__(self, teacher, backend: str = "transformers", batch_size: int = 8, language: str | None = "en"):
+        self.teacher = teacher
+        self.backend = backend
+        self.batch_size = batch_size
+        self.language = language
+        self.name = f"{teacher.name} [{backend}]"
+
+    def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
+        return self.teacher.transcribe(list(audios), backend=self.backend, batch_size=self.batch_size, language=self.language)
+
+    def num_parameters(self) -> int | None:
+        from speechkd.metrics import count_parameters
+
+        return count_parameters(self.teacher.model)
+
+    def size_bytes(self) -> int | None:
+        from speechkd.metrics import bytes_on_disk
+
+        if self.backend == "ctranslate2" and self.teacher.ct2_dir is not None:
+            return bytes_on_disk(Path(self.teacher.ct2_dir) / "model.bin")
+        if self.teacher.hf_dir is not None:
+            return bytes_on_disk(sorted(Path(self.teacher.hf_dir).glob("*.safetensors")))
+        return None
+
+
+def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, language: str | None = "en",
+                    compute_type: str = "default", num_threads: int | None = None) -> Recognizer:
+    """Resolve a model spec (bundled name, HF id/dir, CTranslate2 dir) into a Recognizer."""
+    from speechkd.teachers import load_whisper
+
+    teacher = load_whisper(spec)
+    if hasattr(teacher, "ct2_compute_type"):
+        teacher.ct2_compute_type = compute_type
+    if num_threads and hasattr(teacher, "ct2_threads"):
+        teacher.ct2_threads = num_threads
+    if backend == "auto":
+        backend = "ctranslate2" if teacher.ct2_dir is not None else "transformers"
+    return WhisperRecognizer(teacher, backend=backend, batch_size=batch_size, language=language)
+
+
+def evaluate(
+    recognizer: Recognizer,
+    utterances: Sequence[Utterance],
+    *,
+    batch_size: int = 8,
+    language: str | None = "en",
+    out_dir: str | os.PathLike | None = None,
+    warmup: bool = True,
+    audio_cfg: AudioConfig = AudioConfig(),
+) -> dict:
+    """Transcribe `utterances` (which must carry references) and score them. Writes results when out_dir is set."""
+    out = Path(out_dir) if out_dir is not None else None
+    skips = SkipList(out / "skipped.jsonl" if out else None, stage="eval")
+    items = [(u, a) for u, a in iter_audio(utterances, audio_cfg, skips)]
+    if not items:
+        raise ValueError(f"nothing to evaluate: all {len(utterances)} utterances were skipped (see {skips.path})")
+    # Sort by length so batches hold similar durations; report in input order.
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    if warmup:
+        recognizer.transcribe([np.zeros(int(WARMUP_SECONDS * audio_cfg.sample_rate), dtype=np.float32)])
+    hyps: dict[int, str] = {}
+    from tqdm.auto import tqdm
+
+    elapsed = 0.0
+    with tqdm(total=len(items), desc=f"eval {recognizer.name}", unit="utt", disable=None) as bar:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            t0 = time.perf_counter()
+            texts = recognizer.transcribe([items[i][1] for i in idx])
+            elapsed += time.perf_counter() - t0
+            hyps.update(zip(idx, texts))
+            bar.update(len(idx))
+    audio_seconds = sum(len(a) for _, a in items) / audio_cfg.sample_rate
+    refs = [u.text or "" for u, _ in items]
+    ids = [u.id for u, _ in items]
+    result = score(refs, [hyps[i] for i in range(len(items))], ids=ids, language=language)
+    import torch
+
+    summary = {
+        "model": recognizer.name,
+        "num_utterances": len(items),
+        "num_skipped": len(skips),
+        "audio_seconds": round(audio_seconds, 2),
+        "processing_seconds": round(elapsed, 3),
+        "rtf": round(real_time_factor(elapsed, audio_seconds), 4),
+        "num_parameters": recognizer.num_parameters(),
+        "size_bytes": recognizer.size_bytes(),
+        "torch_threads": torch.get_num_threads(),
+        **result.summary(),
+    }
+    if out is not None:
+        atomic_write_json(out / "results.json", summary)
+        write_jsonl(out / "per_utterance.jsonl", [vars(u) for u in result.per_utterance])
+    return summary
+
+
+def run_eval(cfg: EvalConfig, out_dir: str | os.PathLike | None = None) -> dict:
+    """The `speechkd eval` job: load model and data, evaluate, save config + results beside each other."""
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)
+    utts = open_data(cfg.data, require_text=True)
+    if cfg.max_utterances:
+        utts = utts[: cfg.max_utterances]
+    rec = load_recognizer(cfg.model, backend=cfg.backend, batch_size=cfg.batch_size, language=cfg.language,
+                          compute_type=cfg.compute_type, num_threads=cfg.num_threads)
+    if out_dir is not None:
+        save_config(cfg, Path(out_dir) / "config.yaml")
+    return evaluate(rec, utts, batch_size=cfg.batch_size, language=cfg.language, out_dir=out_dir, warmup=cfg.warmup)
+
+
+def format_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]] | None = None) -> str:
+    """A Markdown table of result dicts: columns are (key, header, format)."""
+    columns = columns or [
+        ("model", "model", "{}"),
+        ("wer", "WER %", "{:.2f}"),
+        ("cer", "CER %", "{:.2f}"),
+        ("rtf", "RTF", "{:.4f}"),
+        ("num_parameters", "params (M)", "{:.1f}"),
+        ("size_bytes", "MB", "{:.1f}"),
+        ("num_utterances", "utts", "{}"),
+    ]
+    scale = {"num_parameters": 1e-6, "size_bytes": 1 / 2**20}
+
+    def cell(row, key, fmt):
+        v = row.get(key)
+        if v is None:
+            return "—"
+        return fmt.format(v * scale.get(key, 1)) if isinstance(v, (int, float)) else str(v)
+
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,133 @@
+"""Crash-safe file writing shared by every stage.
+
+Two habits keep long jobs safe: whole files are written to a temporary sibling and renamed into
+place (a reader never sees half a file), and JSONL streams are appended one complete line at a time
+and flushed, so a killed job leaves only whole records behind (a torn last line is dropped on read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays and paths show up in records; make them plain JSON.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_record(record: dict) -> str:
+    return json.dumps(record, ensure_ascii=False, default=_json_default)
+
+
+class JsonlWriter:
+    """Append complete JSON lines and flush each one, so partial output survives a crash."""
+
+    def __init__(self, path: str | os.PathLike, mode: str = "a"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "a":
+            _truncate_torn_tail(self.path)
+        self._f = open(self.path, mode, encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        # One write() call per line: a SIGKILL can leave at most one torn line, which readers drop.
+        self._f.write(dumps_record(record) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        if not self._f.closed:
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    """Cut a trailing partial line left by a killed writer, so appends start on a fresh line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 1))
+        if f.read(1) == b"\n":
+            return
+        # Walk back to the last newline.
+        pos = size - 1
+        chunk = 65536
+        while pos > 0:
+            start = max(0, pos - chunk)
+            f.seek(start)
+            buf = f.read(pos - start)
+            idx = buf.rfind(b"\n")
+            if idx >= 0:
+                f.truncate(start + idx + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
+def read_jsonl(path: str | os.PathLike, *, strict: bool = False) -> Iterator[dict]:
+    """Yield records; a torn final line (killed writer) is skipped unless strict."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as e:
+            torn_tail = n == len(lines) and not line.endswith("\n")
+            if torn_tail and not strict:
+                return
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from e
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
+    """Write a whole JSONL file atomically."""
+    return atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in records))
+
+
+def cache_dir() -> Path:
+    """Where converted teachers and other derived artefacts are cached ($SPEECHKD_CACHE or ~/.cache/speechkd)."""
+    root = os.environ.get("SPEECHKD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "speechkd")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,619 @@
+"""CTranslate2 (faster-whisper) Whisper models -> ``transformers`` ``WhisperForConditionalGeneration``.
+
+The only real Whisper weights available offline here are faster-whisper models, and users have many
+more of those. Logit distillation and student initialisation need the model in PyTorch, so this
+module reads ``model.bin`` directly (no ctranslate2 import needed) and rebuilds the Hugging Face
+checkpoint: config from the tensor shapes, weights by undoing CTranslate2's layer fusions, and a
+processor + generation config from the ``tokenizer.json``/``config.json`` that sit beside the model.
+
+The result is cached under ``<cache>/converted/<sha256(model.bin)[:16]>/`` so a second load is a
+plain ``from_pretrained``. :func:`compare_with_faster_whisper` is the proof that a conversion is right:
+greedy transcripts of the converted model must equal faster-whisper's on the same audio.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence
+
+import numpy as np
+import torch
+
+from speechkd.io import atomic_write_json
+from speechkd.io import cache_dir as default_cache_dir
+from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, replace_dir, file_sha256
+
+if TYPE_CHECKING:  # pragma: no cover
+    from speechkd.teachers.whisper import WhisperTeacher
+
+# --- model.bin format (ctranslate2/specs/model_spec.py: ModelSpec._serialize) -----------------------
+# Little-endian: u32 version, str spec name, u32 spec revision, u32 n_vars, then per variable
+# (str name, u8 rank, u32 dims[rank], u8 dtype id, u32 n_bytes, bytes), then u32 n_aliases and
+# (str alias, str target) pairs. A str is u16 length (incl. NUL) + UTF-8 bytes + NUL.
+CT2_MIN_BINARY_VERSION = 5  # first version with the dtype-id layout used for Whisper models
+CT2_MAX_BINARY_VERSION = 6  # ctranslate2 4.x writes 6
+CT2_WHISPER_SPEC_NAME = "WhisperSpec"
+# Order of the DataType enum in ctranslate2/types.h; bfloat16 is read as raw uint16 and widened.
+CT2_DTYPES: dict[int, str] = {0: "float32", 1: "int8", 2: "int16", 3: "int32", 4: "float16", 5: "bfloat16"}
+CT2_GELU_ACTIVATION = 3  # ctranslate2.specs.common_spec.Activation.GELU
+# Scalars with no HF counterpart that are safe to drop: alignment hints (HF takes alignment heads from
+# config.json) and ALiBi options, which only matter when decoder/alibi is on (checked to be off).
+IGNORED_SCALARS = ("decoder/alignment_heads", "decoder/alignment_layer",
+                   "decoder/alibi_use_positive_positions", "decoder/scale_alibi")
+SCALE_SUFFIX = "_scale"  # quantised weights carry a per-row (int8) or scalar (int16) scale
+
+# --- Whisper constants --------------------------------------------------------------------------
+WHISPER_MAX_TARGET_TOKENS = 448  # decoder positions; also the generation max_length
+MULTILINGUAL_MIN_VOCAB = 51865  # same rule as ctranslate2/faster-whisper: .en models have 51864
+MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s in 20 ms steps, as in openai/whisper and faster-whisper
+TIMESTAMP_STEP_S = 0.02
+NUM_TIMESTAMP_TOKENS = 1501  # <|0.00|> .. <|30.00|>
+EOT_TOKEN = "<|endoftext|>"
+SOT_TOKEN = "<|startoftranscript|>"
+NO_TIMESTAMPS_TOKEN = "<|notimestamps|>"
+SOT_PREV_TOKEN = "<|startofprev|>"
+SOT_LM_TOKEN = "<|startoflm|>"
+TASK_TOKENS = {"transcribe": "<|transcribe|>", "translate": "<|translate|>"}
+NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # large-v3 renamed it
+NON_LANGUAGE_SPECIAL_TOKENS = frozenset(
+    {EOT_TOKEN, SOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN, *TASK_TOKENS.values(), *NO_SPEECH_TOKENS}
+)
+
+# --- cache --------------------------------------------------------------------------------------
+CONVERTED_SUBDIR = "converted"
+CACHE_KEY_HEX_CHARS = 16
+CONVERSION_MARKER = "speechkd_conversion.json"
+# Bump when the converted output changes (new fields, fixes): older cache entries are rebuilt.
+CONVERSION_FORMAT_VERSION = 1
+CT2_CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass
+class Ct2ModelFile:
+    """The parsed content of a CTranslate2 ``model.bin``: variables as numpy arrays plus aliases."""
+
+    binary_version: int
+    spec_name: str
+    spec_revision: int
+    variables: dict[str, np.ndarray] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+    def resolve(self, name: str) -> str:
+        """Follow alias chains (e.g. the tied output projection) to a stored variable name."""
+        seen = set()
+        while name in self.aliases:
+            if name in seen:
+                raise TeacherLoadError(f"CTranslate2 model.bin has an alias cycle at {name!r}")
+            seen.add(name)
+            name = self.aliases[name]
+        return name
+
+    def has(self, name: str) -> bool:
+        return self.resolve(name) in self.variables
+
+    def get(self, name: str) -> np.ndarray:
+        return self.variables[self.resolve(name)]
+
+
+def read_ct2_model(path: str | os.PathLike) -> Ct2ModelFile:
+    """Parse a CTranslate2 ``model.bin`` without importing ctranslate2 (format: module constants)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            version = _read_u32(f)
+            if not CT2_MIN_BINARY_VERSION <= version <= CT2_MAX_BINARY_VERSION:
+                raise ValueError(
+                    f"binary version {version}; this reader supports {CT2_MIN_BINARY_VERSION}-{CT2_MAX_BINARY_VERSION}"
+                    " (re-convert the model with ctranslate2>=3, or update speechkd for newer formats)"
+                )
+            model = Ct2ModelFile(version, _read_str(f), _read_u32(f))
+            for _ in range(_read_u32(f)):
+                name = _read_str(f)
+                rank = _read_struct(f, "B")[0]
+                shape = _read_struct(f, f"{rank}I") if rank else ()
+                dtype_id = _read_struct(f, "B")[0]
+                n_bytes = _read_u32(f)
+                if dtype_id not in CT2_DTYPES:
+                    raise ValueError(f"variable {name!r} has unknown dtype id {dtype_id}")
+                model.variables[name] = _decode_array(f.read(n_bytes), CT2_DTYPES[dtype_id], shape, n_bytes, name)
+            for _ in range(_read_u32(f)):
+                alias = _read_str(f)
+                model.aliases[alias] = _read_str(f)
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise TeacherLoadError(f"{path} is not a readable CTranslate2 model.bin ({e})") from e
+    return model
+
+
+def _read_struct(f: BinaryIO, fmt: str) -> tuple:
+    fmt = "<" + fmt
+    size = struct.calcsize(fmt)
+    data = f.read(size)
+    if len(data) != size:
+        raise ValueError("file ends early (truncated download or copy?)")
+    return struct.unpack(fmt, data)
+
+
+def _read_u32(f: BinaryIO) -> int:
+    return _read_struct(f, "I")[0]
+
+
+def _read_str(f: BinaryIO) -> str:
+    length = _read_struct(f, "H")[0]
+    raw = f.read(length)
+    if len(raw) != length:
+        raise ValueError("file ends early inside a string")
+    return raw.rstrip(b"\0").decode("utf-8")
+
+
+def _decode_array(raw: bytes, dtype: str, shape: tuple, n_bytes: int, name: str) -> np.ndarray:
+    if len(raw) != n_bytes:
+        raise ValueError(f"file ends early inside variable {name!r}")
+    if dtype == "bfloat16":
+        # bfloat16 is the top half of a float32: widen by shifting into the high 16 bits.
+        arr = (np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
+    else:
+        arr = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<"))
+    expected = int(np.prod(shape)) if shape else 1
+    if arr.size != expected:
+        raise ValueError(f"variable {name!r}: {arr.size} values for shape {shape}")
+    return arr.reshape(shape) if shape else arr.reshape(())
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+
+class _Weights:
+    """Float32 views of a model's variables that remember what was consumed.
+
+    Every stored tensor must land in the HF model; leftovers mean a layout we do not understand,
+    which is an error rather than a silently half-converted teacher.
+    """
+
+    def __init__(self, model: Ct2ModelFile):
+        self.model = model
+        self.used: set[str] = set()
+
+    def scalar(self, name: str) -> float | None:
+        if not self.model.has(name):
+            return None
+        self.used.add(self.model.resolve(name))
+        return float(self.model.get(name))
+
+    def tensor(self, name: str) -> torch.Tensor:
+        stored = self.model.resolve(name)
+        if stored not in self.model.variables:
+            raise TeacherLoadError(f"CTranslate2 Whisper model lacks variable {name!r}; not a standard Whisper layout")
+        self.used.add(stored)
+        arr = self.model.variables[stored]
+        scale_name = stored + SCALE_SUFFIX
+        if scale_name in self.model.variables:
+            # Undo ctranslate2 quantisation: int8 rows were multiplied by scale[row], int16 by one scalar.
+            self.used.add(scale_name)
+            scale = self.model.variables[scale_name].astype(np.float32)
+            if f"{stored}_zero" in self.model.variables:
+                raise TeacherLoadError(f"{stored!r} uses AWQ/zero-point quantisation, which cannot be converted")
+            scale = scale.reshape((-1,) + (1,) * (arr.ndim - 1)) if scale.ndim else scale
+            arr = arr.astype(np.float32) / scale
+        return torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+
+    def linear(self, sd: dict, prefix: str, name: str, *, bias: bool = True) -> None:
+        sd[f"{prefix}.weight"] = self.tensor(f"{name}/weight")
+        if bias:
+            sd[f"{prefix}.bias"] = self.tensor(f"{name}/bias")
+
+    def layer_norm(self, sd: dict, prefix: str, name: str) -> None:
+        sd[f"{prefix}.weight"] = self.tensor(f"{name}/gamma")
+        sd[f"{prefix}.bias"] = self.tensor(f"{name}/beta")
+
+    def split_linear(self, sd: dict, prefixes: Sequence[str], name: str) -> None:
+        """Split a fused projection (q|k|v or k|v) back into HF's separate Linear layers.
+
+        Whisper's k_proj has no bias; ctranslate2 fused a zero vector in its place. A key bias would
+        not change attention anyway (it adds the same q.b to every score of a query), so it is dropped.
+        """
+        weight = self.tensor(f"{name}/weight")
+        bias = self.tensor(f"{name}/bias")
+        for prefix, w, b in zip(prefixes, weight.chunk(len(prefixes)), bias.chunk(len(prefixes))):
+            sd[f"{prefix}.weight"] = w.contiguous()
+            if not prefix.endswith("k_proj"):
+                sd[f"{prefix}.bias"] = b.contiguous()
+
+    def unused(self) -> list[str]:
+        return sorted(set(self.model.variables) - self.used)
+
+
+def _count_layers(model: Ct2ModelFile, stack: str) -> int:
+    n = 0
+    while any(k.startswith(f"{stack}/layer_{n}/") for k in model.variables):
+        n += 1
+    return n
+
+
+def whisper_state_dict_from_ct2(model: Ct2ModelFile) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Map CTranslate2 Whisper variables to HF parameter names; also return shape-derived config values."""
+    if model.spec_name != CT2_WHISPER_SPEC_NAME:
+        raise TeacherLoadError(
+            f"CTranslate2 model is a {model.spec_name!r}, not a Whisper model ({CT2_WHISPER_SPEC_NAME})"
+        )
+    w = _Weights(model)
+    sd: dict[str, torch.Tensor] = {}
+    enc_layers, dec_layers = _count_layers(model, "encoder"), _count_layers(model, "decoder")
+
+    sd["model.encoder.conv1.weight"] = w.tensor("encoder/conv1/weight")
+    sd["model.encoder.conv1.bias"] = w.tensor("encoder/conv1/bias")
+    sd["model.encoder.conv2.weight"] = w.tensor("encoder/conv2/weight")
+    sd["model.encoder.conv2.bias"] = w.tensor("encoder/conv2/bias")
+    sd["model.encoder.embed_positions.weight"] = w.tensor("encoder/position_encodings/encodings")
+    w.layer_norm(sd, "model.encoder.layer_norm", "encoder/layer_norm")
+    for i in range(enc_layers):
+        src, dst = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+        w.split_linear(sd, [f"{dst}.self_attn.{p}_proj" for p in "qkv"], f"{src}/self_attention/linear_0")
+        w.linear(sd, f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+        w.layer_norm(sd, f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        _ffn(w, sd, dst, src)
+
+    sd["model.decoder.embed_tokens.weight"] = w.tensor("decoder/embeddings/weight")
+    sd["model.decoder.embed_positions.weight"] = w.tensor("decoder/position_encodings/encodings")
+    w.layer_norm(sd, "model.decoder.layer_norm", "decoder/layer_norm")
+    for i in range(dec_layers):
+        src, dst = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
+        w.split_linear(sd, [f"{dst}.self_attn.{p}_proj" for p in "qkv"], f"{src}/self_attention/linear_0")
+        w.linear(sd, f"{dst}.self_attn.out_proj", f"{src}/self_attention/linear_1")
+        w.layer_norm(sd, f"{dst}.self_attn_layer_norm", f"{src}/self_attention/layer_norm")
+        w.linear(sd, f"{dst}.encoder_attn.q_proj", f"{src}/attention/linear_0")
+        w.split_linear(sd, [f"{dst}.encoder_attn.{p}_proj" for p in "kv"], f"{src}/attention/linear_1")
+        w.linear(sd, f"{dst}.encoder_attn.out_proj", f"{src}/attention/linear_2")
+        w.layer_norm(sd, f"{dst}.encoder_attn_layer_norm", f"{src}/attention/layer_norm")
+        _ffn(w, sd, dst, src)
+
+    tied = model.resolve("decoder/projection/weight") == model.resolve("decoder/embeddings/weight")
+    sd["proj_out.weight"] = w.tensor("decoder/projection/weight")
+    if model.has("decoder/projection/bias"):
+        bias = w.tensor("decoder/projection/bias")
+        if bool(bias.abs().max() > 0):
+            raise TeacherLoadError(
+                "this Whisper variant has an output bias, which WhisperForConditionalGeneration lacks"
+            )
+
+    _check_whisper_flags(w)
+    enc_heads, dec_heads = w.scalar("encoder/num_heads"), w.scalar("decoder/num_heads")
+    for name in IGNORED_SCALARS:
+        w.scalar(name)
+    leftovers = w.unused()
+    if leftovers:
+        raise TeacherLoadError(
+            f"CTranslate2 Whisper model has variables this converter does not map: {leftovers[:8]}"
+            f"{' ...' if len(leftovers) > 8 else ''}; it is not a standard Whisper layout"
+        )
+    d_model = sd["model.decoder.embed_tokens.weight"].shape[1]
+    shapes = {
+        "vocab_size": sd["model.decoder.embed_tokens.weight"].shape[0],
+        "d_model": d_model,
+        "num_mel_bins": sd["model.encoder.conv1.weight"].shape[1],
+        "encoder_layers": enc_layers,
+        "decoder_layers": dec_layers,
+        "encoder_attention_heads": int(enc_heads) if enc_heads else None,
+        "decoder_attention_heads": int(dec_heads) if dec_heads else None,
+        "encoder_ffn_dim": sd["model.encoder.layers.0.fc1.weight"].shape[0] if enc_layers else 4 * d_model,
+        "decoder_ffn_dim": sd["model.decoder.layers.0.fc1.weight"].shape[0] if dec_layers else 4 * d_model,
+        "max_source_positions": sd["model.encoder.embed_positions.weight"].shape[0],
+        "max_target_positions": sd["model.decoder.embed_positions.weight"].shape[0],
+        "tie_word_embeddings": tied,
+    }
+    if shapes["encoder_attention_heads"] is None or shapes["decoder_attention_heads"] is None:
+        raise TeacherLoadError("CTranslate2 Whisper model lacks encoder/num_heads or decoder/num_heads")
+    return sd, shapes
+
+
+def _ffn(w: _Weights, sd: dict, dst: str, src: str) -> None:
+    w.linear(sd, f"{dst}.fc1", f"{src}/ffn/linear_0")
+    w.linear(sd, f"{dst}.fc2", f"{src}/ffn/linear_1")
+    w.layer_norm(sd, f"{dst}.final_layer_norm", f"{src}/ffn/layer_norm")
+
+
+def _check_whisper_flags(w: _Weights) -> None:
+    """Refuse decoder options that WhisperForConditionalGeneration cannot express."""
+    expected = {
+        "decoder/scale_embeddings": (0.0, 1.0),  # False, or a factor of 1.0
+        "decoder/pre_norm": (1.0,),
+        "decoder/activation": (float(CT2_GELU_ACTIVATION),),
+        "decoder/alibi": (0.0,),
+        "decoder/scale_outputs": (1.0,),
+        "decoder/start_from_zero_embedding": (0.0,),
+    }
+    for name, allowed in expected.items():
+        value = w.scalar(name)
+        if value is not None and value not in allowed:
+            raise TeacherLoadError(f"CTranslate2 Whisper model has {name}={value}; only {allowed} can be converted")
+
+
+# --- tokenizer, processor, generation config ------------------------------------------------------
+
+
+def build_whisper_tokenizer(tokenizer_file: str | os.PathLike, vocab_size: int | None = None):
+    """A ``WhisperTokenizerFast`` from a bare ``tokenizer.json`` (what faster-whisper dirs carry).
+
+    The added tokens in the file become special tokens (so ``skip_special_tokens`` drops the prompt),
+    and timestamp tokens are appended up to the model's vocab size so ids and ``len(tokenizer)`` agree.
+    """
+    from tokenizers import AddedToken
+    from transformers import WhisperTokenizerFast
+
+    with open(tokenizer_file, encoding="utf-8") as f:
+        added = [t["content"] for t in json.load(f).get("added_tokens", [])]
+    if EOT_TOKEN not in added or SOT_TOKEN not in added:
+        raise TeacherLoadError(f"{tokenizer_file} is not a Whisper tokenizer (no {EOT_TOKEN} / {SOT_TOKEN})")
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(tokenizer_file),
+        unk_token=EOT_TOKEN,
+        bos_token=EOT_TOKEN,
+        eos_token=EOT_TOKEN,
+        pad_token=EOT_TOKEN,
+        additional_special_tokens=[t for t in added if t != EOT_TOKEN],
+        add_prefix_space=False,
+    )
+    missing = (vocab_size or 0) - len(tokenizer)
+    if missing > 0:
+        stamps = [f"<|{i * TIMESTAMP_STEP_S:.2f}|>" for i in range(min(missing, NUM_TIMESTAMP_TOKENS))]
+        tokenizer.add_tokens([AddedToken(s, special=False, normalized=False) for s in stamps])
+    return tokenizer
+
+
+def build_whisper_processor(tokenizer_file: str | os.PathLike, *, num_mel_bins: int, vocab_size: int | None = None):
+    """Feature extractor (with the model's mel count: 80, or 128 for large-v3) + tokenizer."""
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    return WhisperProcessor(
+        feature_extractor=WhisperFeatureExtractor(feature_size=num_mel_bins),
+        tokenizer=build_whisper_tokenizer(tokenizer_file, vocab_size),
+    )
+
+
+def special_token_ids(tokenizer) -> dict[str, int | None]:
+    """Ids of Whisper's control tokens, ``None`` for any this vocabulary lacks."""
+    vocab = tokenizer.get_vocab()
+    ids = {tok: vocab.get(tok) for tok in (EOT_TOKEN, SOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN)}
+    ids.update({task: vocab.get(tok) for task, tok in TASK_TOKENS.items()})
+    ids["no_speech"] = next((vocab[t] for t in NO_SPEECH_TOKENS if t in vocab), None)
+    return ids
+
+
+def build_generation_config(tokenizer, ct2_config: dict, *, vocab_size: int, decoder_layers: int,
+                            decoder_attention_heads: int, max_target_positions: int = WHISPER_MAX_TARGET_TOKENS):
+    """A ``GenerationConfig`` equivalent to what faster-whisper does with the CT2 ``config.json``.
+
+    Suppressed tokens are the config's list plus the control tokens faster-whisper always suppresses
+    (task, start-of-transcript/prev/lm, no-speech), so both backends decode under the same rules.
+    ``lang_to_id`` is only set for multilingual models: its presence makes HF detect a language.
+    """
+    from transformers import GenerationConfig
+
+    ids = special_token_ids(tokenizer)
+    multilingual = vocab_size >= MULTILINGUAL_MIN_VOCAB
+    controls = [ids[k] for k in ("transcribe", "translate", SOT_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN, "no_speech")]
+    suppress = sorted({int(t) for t in ct2_config.get("suppress_ids") or []} | {t for t in controls if t is not None})
+    heads = ct2_config.get("alignment_heads") or [
+        [layer, head] for layer in range(decoder_layers // 2, decoder_layers) for head in range(decoder_attention_heads)
+    ]
+    gen = GenerationConfig(
+        decoder_start_token_id=ids[SOT_TOKEN],
+        bos_token_id=ids[EOT_TOKEN],
+        eos_token_id=ids[EOT_TOKEN],
+        pad_token_id=ids[EOT_TOKEN],
+        max_length=max_target_positions,
+        suppress_tokens=suppress,
+        begin_suppress_tokens=[int(t) for t in ct2_config.get("suppress_ids_begin") or [ids[EOT_TOKEN]]],
+        no_timestamps_token_id=ids[NO_TIMESTAMPS_TOKEN],
+        prev_sot_token_id=ids[SOT_PREV_TOKEN],
+        max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
+        forced_decoder_ids=None,
+        is_multilingual=multilingual,
+        alignment_heads=[[int(a), int(b)] for a, b in heads],
+        task_to_id={task: ids[task] for task in TASK_TOKENS if ids[task] is not None},
+    )
+    if multilingual:
+        gen.lang_to_id = _language_ids(tokenizer, ct2_config)
+    return gen
+
+
+def _language_ids(tokenizer, ct2_config: dict) -> dict[str, int]:
+    lang_ids = ct2_config.get("lang_ids")
+    if lang_ids:
+        tokens = tokenizer.convert_ids_to_tokens([int(i) for i in lang_ids])
+        return dict(zip(tokens, (int(i) for i in lang_ids)))
+    vocab = tokenizer.get_vocab()
+    return {
+        tok: vocab[tok]
+        for tok in tokenizer.all_special_tokens
+        if tok.startswith("<|") and tok not in NON_LANGUAGE_SPECIAL_TOKENS and tok in vocab
+    }
+
+
+# --- conversion entry point ---------------------------------------------------------------------
+
+
+def converted_dir_for(ct2_dir: str | os.PathLike, *, cache_root: str | os.PathLike | None = None) -> Path:
+    """Where the HF conversion of ``ct2_dir`` lives in the cache (keyed by its weights' sha256)."""
+    root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    digest = file_sha256(Path(ct2_dir) / CT2_MODEL_FILE, cache_root=root)
+    return root / CONVERTED_SUBDIR / digest[:CACHE_KEY_HEX_CHARS]
+
+
+def conversion_is_complete(out_dir: str | os.PathLike) -> bool:
+    try:
+        info = json.loads((Path(out_dir) / CONVERSION_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return info.get("format_version") == CONVERSION_FORMAT_VERSION
+
+
+def convert_ct2_to_transformers(
+    ct2_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    cache_root: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert a CTranslate2 Whisper dir to a ``save_pretrained`` dir (model + processor + generation config).
+
+    With ``output_dir=None`` the result goes to the cache and an existing complete conversion is
+    reused. The output is built in a temp sibling and renamed into place, so a killed conversion never
+    leaves a half-written directory that a later load would trust.
+    """
+    ct2_dir = Path(ct2_dir)
+    root = Path(cache_root) if cache_root is not None else default_cache_dir()
+    for needed, fix in (
+        (CT2_MODEL_FILE, "it is not a CTranslate2 model dir"),
+        (TOKENIZER_FILE, "copy the original model's tokenizer.json next to model.bin "
+                         "(ct2-transformers-converter --copy_files tokenizer.json)"),
+    ):
+        if not (ct2_dir / needed).is_file():
+            raise TeacherLoadError(f"{ct2_dir} has no {needed}; {fix}")
+    digest = file_sha256(ct2_dir / CT2_MODEL_FILE, cache_root=root)
+    out = Path(output_dir) if output_dir is not None else root / CONVERTED_SUBDIR / digest[:CACHE_KEY_HEX_CHARS]
+    if conversion_is_complete(out) and not overwrite:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        _convert_into(ct2_dir, tmp, digest)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _convert_into(ct2_dir: Path, out: Path, digest: str) -> None:
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    ct2_file = read_ct2_model(ct2_dir / CT2_MODEL_FILE)
+    ct2_config = _read_json(ct2_dir / CT2_CONFIG_FILE)
+    state_dict, shapes = whisper_state_dict_from_ct2(ct2_file)
+    processor = build_whisper_processor(
+        ct2_dir / TOKENIZER_FILE, num_mel_bins=shapes["num_mel_bins"], vocab_size=shapes["vocab_size"]
+    )
+    ids = special_token_ids(processor.tokenizer)
+    config = WhisperConfig(
+        **shapes,
+        decoder_start_token_id=ids[SOT_TOKEN],
+        bos_token_id=ids[EOT_TOKEN],
+        eos_token_id=ids[EOT_TOKEN],
+        pad_token_id=ids[EOT_TOKEN],
+        activation_function="gelu",
+        scale_embedding=False,
+        suppress_tokens=None,
+        begin_suppress_tokens=None,
+    )
+    model = WhisperForConditionalGeneration(config)
+    result = model.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise TeacherLoadError(
+            f"converted weights do not fit WhisperForConditionalGeneration: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+    if not config.tie_word_embeddings:
+        model.proj_out.weight.data.copy_(state_dict["proj_out.weight"])
+    model.generation_config = build_generation_config(
+        processor.tokenizer, ct2_config, vocab_size=shapes["vocab_size"],
+        decoder_layers=shapes["decoder_layers"], decoder_attention_heads=shapes["decoder_attention_heads"],
+        max_target_positions=shapes["max_target_positions"],
+    )
+    model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    atomic_write_json(out / CONVERSION_MARKER, {
+        "format_version": CONVERSION_FORMAT_VERSION,
+        "source": str(ct2_dir.resolve()),
+        "source_sha256": digest,
+        "ct2_binary_version": ct2_file.binary_version,
+        "ct2_spec": f"{ct2_file.spec_name}@{ct2_file.spec_revision}",
+    })
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise TeacherLoadError(f"{path} is not valid JSON ({e}); restore it from the original model") from e
+
+
+# --- proof of conversion ------------------------------------------------------------------------
+
+
+def faster_whisper_features(audios: Sequence[np.ndarray], *, num_mel_bins: int) -> np.ndarray:
+    """Log-mel features exactly as faster-whisper (and openai-whisper's ``transcribe``) computes them.
+
+    They differ from ``WhisperFeatureExtractor``'s: the mel is computed over the clip alone and the
+    window is then zero-padded in the log-mel domain, whereas HF pads the waveform to 30 s first (so
+    the padding is "silence" clipped at max-8 dB). On short clips that changes some greedy
+    transcripts, which says nothing about the weights, so the parity check feeds both models these.
+    """
+    from faster_whisper.audio import pad_or_trim
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    extractor = FeatureExtractor(feature_size=num_mel_bins)
+    # faster-whisper drops the frame produced by its 160-sample tail padding before pad_or_trim.
+    feats = [pad_or_trim(extractor(np.asarray(a, dtype=np.float32))[..., :-1]) for a in audios]
+    return np.ascontiguousarray(np.stack(feats), dtype=np.float32)
+
+
+def compare_with_faster_whisper(
+    teacher: "WhisperTeacher",
+    audios: Sequence[np.ndarray],
+    *,
+    language: str | None = "en",
+    batch_size: int = 8,
+    features: Literal["faster-whisper", "teacher"] = "faster-whisper",
+    cpu_threads: int = 0,
+) -> dict:
+    """Greedy transcripts of the teacher's HF model vs faster-whisper on the teacher's CT2 weights.
+
+    faster-whisper runs as a user would (``WhisperModel(..., compute_type="float32").transcribe`` with
+    greedy decoding, no timestamps, no temperature fallback, no VAD). The HF model decodes greedily
+    from ``features``: ``"faster-whisper"`` (default) gives it faster-whisper's own log-mel, so any
+    mismatch is the conversion's fault; ``"teacher"`` uses the teacher's HF feature extractor and
+    measures end-to-end agreement instead. Texts are compared after Whisper's English normalisation.
+    Returns ``{"n", "n_equal", "mismatches": [{"index", "transformers", "faster_whisper"}]}``.
+    """
+    from faster_whisper import WhisperModel
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    from speechkd.teachers.whisper import DecodeOptions
+
+    if features not in ("faster-whisper", "teacher"):
+        raise ValueError(f"features={features!r}; choose 'faster-whisper' or 'teacher'")
+    if teacher.ct2_dir is None:
+        teacher.ct2_model  # noqa: B018 - converts an HF-only teacher to CT2 once
+    clips = [np.asarray(a, dtype=np.float32) for a in audios]
+    if features == "teacher":
+        hf_texts = teacher.transcribe(clips, backend="transformers", batch_size=batch_size, language=language)
+    else:
+        num_mel_bins = teacher.processor.feature_extractor.feature_size
+        options = DecodeOptions(language=teacher._language_code(language) if teacher.is_multilingual else None)
+        hf_texts = []
+        for start in range(0, len(clips), batch_size):
+            feats = faster_whisper_features(clips[start:start + batch_size], num_mel_bins=num_mel_bins)
+            ids = teacher._generate_batch(feats, options, "transformers")
+            hf_texts += [teacher.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
+    fw = WhisperModel(str(teacher.ct2_dir), device="cpu", compute_type="float32", cpu_threads=cpu_threads)
+    normalise = EnglishTextNormalizer()
+    mismatches = []
+    for i, (clip, hf_text) in enumerate(zip(clips, hf_texts)):
+        segments, _ = fw.transcribe(
+            clip, beam_size=1, without_timestamps=True, language=language, temperature=0,
+            condition_on_previous_text=False, vad_filter=False,
+        )
+        fw_text = "".join(s.text for s in segments).strip()
+        if normalise(hf_text) != normalise(fw_text):
+            mismatches.append({"index": i, "transformers": hf_text, "faster_whisper": fw_text})
+    return {"n": len(hf_texts), "n_equal": len(hf_texts) - len(mismatches), "mismatches": mismatches}
