@@ -94,6 +94,20 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_filter(args: argparse.Namespace) -> int:
+    from speechkd.filters import FilterConfig, FilterPaths, run_filter, with_thresholds
+    from speechkd.runlog import setup_logging
+
+    cfg = with_thresholds(config_from_args(FilterConfig, args), args.threshold or [])
+    setup_logging(args.out.parent, "filter")
+    report = run_filter(cfg, args.labels, args.out)
+    paths = FilterPaths(args.out)
+    print(paths.sibling("report.md").read_text())
+    print(f"kept {report['n_kept']} of {report['n_records']} -> {args.out}; all records with scores: "
+          f"{paths.sibling('scored.jsonl')}; report: {paths.sibling('report.json')}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from speechkd.demo import DemoConfig, run_demo
 
@@ -131,6 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(lab, LabelConfig)
     lab.set_defaults(func=cmd_label)
 
+    from speechkd.filters import FilterConfig
+
+    f = sub.add_parser("filter", help="score pseudo-labels (with or without references) and keep the good ones")
+    f.add_argument("--labels", required=True, type=Path, help="labels JSONL from `speechkd label`")
+    f.add_argument("--out", required=True, type=Path, help="kept records JSONL (siblings: .scored.jsonl, .report.json/.md)")
+    f.add_argument("--threshold", action="append", metavar="NAME=VALUE", help="drop when score NAME > VALUE "
+                   "(repeatable; VALUE none = rank only)")
+    add_config_args(f, FilterConfig)
+    f.set_defaults(func=cmd_filter)
+
     d = sub.add_parser("demo", help="the whole pipeline on the embedded default data")
     d.add_argument("--out", type=Path, default=Path("exp/demo"))
     add_config_args(d, DemoConfig)
@@ -146,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from speechkd.synth import EspeakError
 
+    from speechkd.filters import FilterError
+
     known: tuple[type[BaseException], ...] = (ConfigError, DataError, AudioError, FileNotFoundError, LabelError,
-                                              EspeakError)
+                                              EspeakError, FilterError)
     try:
         from speechkd.teachers import TeacherLoadError
 

@@ -89,11 +89,7 @@ def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, la
     """Resolve a model spec (bundled name, HF id/dir, CTranslate2 dir) into a Recognizer."""
     from speechkd.teachers import load_whisper
 
-    teacher = load_whisper(spec)
-    if hasattr(teacher, "ct2_compute_type"):
-        teacher.ct2_compute_type = compute_type
-    if num_threads and hasattr(teacher, "ct2_threads"):
-        teacher.ct2_threads = num_threads
+    teacher = load_whisper(spec, compute_type=compute_type, cpu_threads=num_threads or 0)
     if backend == "auto":
         backend = "ctranslate2" if teacher.ct2_dir is not None else "transformers"
     return WhisperRecognizer(teacher, backend=backend, batch_size=batch_size, language=language)

