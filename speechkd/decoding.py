@@ -136,6 +136,7 @@ class ScoredDecoder:
         limit = int(gen.max_length or WHISPER_MAX_TARGET_TOKENS)
         self.max_new_tokens = min(max_new_tokens or limit, limit // 2)  # Whisper's own cap: half the context
         self._prompt_cache: dict[str | None, list[int]] = {}
+        self._masks: dict[tuple, torch.Tensor] = {}
         self.word_start = None  # lazily: which token ids begin a word (leading space)
 
     # ------------------------------------------------------------------------------------ public
@@ -264,12 +265,15 @@ class ScoredDecoder:
         return results
 
     def _suppress_mask(self, vocab_size: int, first_step: bool, device) -> torch.Tensor:
-        mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-        mask[[t for t in self.suppress if 0 <= t < vocab_size]] = True
-        mask[self.eot + 1 :] = True  # special tokens and timestamps: never in a no-timestamps transcript
-        if first_step:
-            mask[[t for t in self.begin_suppress if 0 <= t < vocab_size]] = True
-        return mask
+        key = (vocab_size, first_step, str(device))
+        if key not in self._masks:
+            mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+            mask[[t for t in self.suppress if 0 <= t < vocab_size]] = True
+            mask[self.eot + 1 :] = True  # special tokens and timestamps: never in a no-timestamps transcript
+            if first_step:
+                mask[[t for t in self.begin_suppress if 0 <= t < vocab_size]] = True
+            self._masks[key] = mask
+        return self._masks[key]
 
     def _loop_hf(self, model, enc, prompts, *, sample: bool, generator):
         """Greedy (or temperature-sampled) decoding with the KV cache; returns hypotheses and no-speech probs."""

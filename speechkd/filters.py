@@ -171,6 +171,15 @@ class ScoreContext:
     def language(self, rec: dict) -> str:
         return self.cfg.language or rec.get("language") or "en"
 
+    def words(self, rec: dict) -> list[str]:
+        """The record's label text, Whisper-normalised, as words (cached: several scorers need it)."""
+        from speechkd.text import normalize
+
+        key = ("words", rec["text"], self.language(rec))
+        if key not in self.cache:
+            self.cache[key] = normalize(rec["text"], self.language(rec)).split()
+        return self.cache[key]
+
 
 @dataclass(frozen=True)
 class Scorer:
@@ -242,10 +251,7 @@ def repeated_ngram_share(words: Sequence[str], n: int) -> float:
 
 @register_scorer("repeats", needs=("text",), description="share of repeated word n-grams")
 def score_repeats(records, ctx):
-    from speechkd.text import normalize
-
-    n = ctx.cfg.repeat_ngram
-    return [repeated_ngram_share(normalize(r["text"], ctx.language(r)).split(), n) for r in records]
+    return [repeated_ngram_share(ctx.words(r), ctx.cfg.repeat_ngram) for r in records]
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
@@ -263,11 +269,9 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 @register_scorer("rate", needs=("text", "duration"),
                  description="robust |z| of log speaking rate (characters or words per second) vs the set")
 def score_rate(records, ctx):
-    from speechkd.text import normalize
-
     log_rates = []
     for r in records:
-        words = normalize(r["text"], ctx.language(r)).split()
+        words = ctx.words(r)
         count = sum(map(len, words)) if ctx.cfg.rate_unit == "chars" else len(words)
         dur = float(r["duration"])
         log_rates.append(math.log((count + RATE_SMOOTHING) / dur) if dur > 0 else math.nan)
@@ -601,7 +605,7 @@ def build_report(records, scores, over, fails, rank_fail, cfg: FilterConfig, ski
     for name, v in scores.items():
         scorer = SCORERS.get(name)
         entry = {
-            "description": scorer.description if scorer else f"rank average of {members}",
+            "description": scorer.description if scorer else f"rank average of {', '.join(members)}",
             "supervised": bool(scorer and scorer.supervised),
             "threshold": cfg.threshold(name),
             "applied": name in fails,
@@ -690,7 +694,7 @@ def format_report(report: dict, title: str = "Pseudo-label filter report") -> st
     for name, f in report["filters"].items():
         st = f["stats"]
         thr = "rank only" if f["threshold"] is None else _fmt(f["threshold"]) + ("" if f["applied"] else " (not applied)")
-        lines.append(f"| `{name}` | {f['description']} | {thr} | "
+        lines.append(f"| `{name}` | {f['description'].replace('|', chr(92) + '|')} | {thr} | "
                      f"{f.get('n_over_threshold', '–')} | {f.get('n_dropped_only_by_this', '–')} | "
                      f"{_fmt(st.get('median'))} | {_fmt(st.get('min'))} | {_fmt(st.get('max'))} |")
     if report.get("n_outside_fraction") is not None:

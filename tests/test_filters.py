@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from speechkd.config import ConfigError, load_config
-from speechkd.filters import (SCORERS, FilterConfig, FilterError, auroc, average_ranks, filter_labels, format_report,
+from speechkd.filters import (FilterConfig, FilterError, auroc, average_ranks, filter_labels, format_report,
                               lowest_fraction, rank_average, repeated_ngram_share, robust_z, run_filter, with_thresholds)
 from speechkd.io import read_jsonl, write_jsonl
 from speechkd.lm import KneserNeyLM, load_text_scorer, train_ngram
