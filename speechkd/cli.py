@@ -95,13 +95,14 @@ def cmd_label(args: argparse.Namespace) -> int:
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from speechkd.filters import FilterConfig, FilterPaths, run_filter, with_thresholds
+    from speechkd.filters import FilterConfig, run_filter, with_thresholds
+    from speechkd.io import OutputPaths
     from speechkd.runlog import setup_logging
 
     cfg = with_thresholds(config_from_args(FilterConfig, args), args.threshold or [])
     setup_logging(args.out.parent, "filter")
     report = run_filter(cfg, args.labels, args.out)
-    paths = FilterPaths(args.out)
+    paths = OutputPaths(args.out)
     print(paths.sibling("report.md").read_text())
     print(f"kept {report['n_kept']} of {report['n_records']} -> {args.out}; all records with scores: "
           f"{paths.sibling('scored.jsonl')}; report: {paths.sibling('report.json')}")

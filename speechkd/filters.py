@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
@@ -40,7 +39,8 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 
 from speechkd.config import ConfigError, save_config, to_dict
-from speechkd.io import atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from speechkd.io import OutputPaths, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
+from speechkd.text import compression_ratio
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +228,6 @@ def score_entropy(records, ctx):
 @register_scorer("no_speech", needs=("no_speech_prob",), description="no-speech probability")
 def score_no_speech(records, ctx):
     return [float(r["no_speech_prob"]) for r in records]
-
-
-def compression_ratio(text: str) -> float:
-    """gzip ratio, as Whisper computes it (the same as speechkd.label's)."""
-    raw = (text or "").encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 @register_scorer("compression", needs=("text",), description="gzip compression ratio of the text")
@@ -732,27 +726,14 @@ def format_report(report: dict, title: str = "Pseudo-label filter report") -> st
 # ----------------------------------------------------------------------------------------------- job
 
 
-@dataclass(frozen=True)
-class FilterPaths:
-    """`kept.jsonl` and its siblings: `.scored.jsonl`, `.report.json`, `.report.md`, `.config.yaml`."""
-
-    out: Path
-
-    @property
-    def stem(self) -> Path:
-        return self.out.with_suffix("") if self.out.suffix == ".jsonl" else self.out
-
-    def sibling(self, suffix: str) -> Path:
-        return self.stem.parent / f"{self.stem.name}.{suffix}"
-
-
 def run_filter(cfg: FilterConfig, labels: str | os.PathLike, out: str | os.PathLike) -> dict:
     """The `speechkd filter` job: writes kept records to `out`, all scored records, the report and the config.
 
     Raises FilterError (after writing the scored records and the report) when nothing is kept, rather
     than writing an empty training set.
     """
-    labels, paths = Path(labels), FilterPaths(Path(out))
+    # kept.jsonl and its siblings: .scored.jsonl, .report.json, .report.md, .config.yaml
+    labels, paths = Path(labels), OutputPaths(Path(out))
     if not labels.is_file():
         raise FilterError(f"labels file {labels} does not exist; make it with `speechkd label`")
     if labels.resolve() == paths.out.resolve():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -123,6 +124,20 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False) -> Iterator[dic
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:
     """Write a whole JSONL file atomically."""
     return atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in records))
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """An output file and its siblings: `labels.jsonl` -> `labels.config.yaml`, `labels.summary.json`, ..."""
+
+    out: Path
+
+    @property
+    def stem(self) -> Path:
+        return self.out.with_suffix("") if self.out.suffix == ".jsonl" else self.out
+
+    def sibling(self, suffix: str) -> Path:
+        return self.stem.parent / f"{self.stem.name}.{suffix}"
 
 
 def cache_dir() -> Path:

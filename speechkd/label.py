@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
@@ -26,7 +25,8 @@ import numpy as np
 
 from speechkd.config import save_config, to_dict
 from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, open_data
-from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl, write_jsonl
+from speechkd.io import JsonlWriter, OutputPaths, atomic_write_json, read_jsonl, write_jsonl
+from speechkd.text import compression_ratio
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,6 @@ class LabelConfig:
         for k in ("num_threads", "shard_id", "max_duration_s"):
             d.pop(k)
         return d
-
-
-def compression_ratio(text: str) -> float:
-    """gzip ratio of the text, as Whisper uses to spot repetition loops (> 2.4 is suspicious)."""
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 # ----------------------------------------------------------------------------------------- engine
@@ -304,7 +298,8 @@ def pseudo_label(
     labeller = Labeller(teacher, cfg)
     batches, long_ = labeller.plan(utterances, skips)
     total = sum(u.duration or 0.0 for i, u in enumerate(utterances) if u.id not in done and u.id not in skips)
-    with tqdm(total=round(total, 1), unit="s", unit_scale=True, desc="label (audio s)", disable=not progress) as bar:
+    with tqdm(total=total, unit="s", unit_scale=True, desc="label (audio s)", disable=not progress,
+              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio s [{elapsed}<{remaining}, {rate_fmt}]") as bar:
         for b, windows in enumerate(batches):
             members = [p.utt for w in windows for p in w.pieces]
             if all(utterances[i].id in done for i in members):
@@ -321,7 +316,7 @@ def pseudo_label(
                 u = utterances[i]
                 if i in pieces and u.id not in done:
                     dur = len(audio[i]) / SAMPLE_RATE_HZ
-                    bar.update(round(dur, 1))
+                    _advance(bar, dur)
                     yield labeller.record(u, pieces[i], dur, i in packed)
         for k, i in enumerate(long_):
             u = utterances[i]
@@ -334,25 +329,23 @@ def pseudo_label(
                 continue
             dur = len(audio_i) / SAMPLE_RATE_HZ
             piece = labeller.decode_long(audio_i, i, len(batches) + k)
-            bar.update(round(dur, 1))
+            _advance(bar, dur)
             yield labeller.record(u, piece, dur, False)
+
+
+def _advance(bar, seconds: float) -> None:
+    """Move the audio-seconds bar; header durations can be a little short of decoded ones, so grow the total."""
+    if bar.n + seconds > bar.total:
+        bar.total = bar.n + seconds
+    bar.update(seconds)
 
 
 # ------------------------------------------------------------------------------------------- job
 
 
 @dataclass(frozen=True)
-class LabelPaths:
+class LabelPaths(OutputPaths):
     """Where a labelling job writes: `labels.jsonl` and its siblings."""
-
-    out: Path
-
-    @property
-    def stem(self) -> Path:
-        return self.out.with_suffix("") if self.out.suffix == ".jsonl" else self.out
-
-    def sibling(self, suffix: str) -> Path:
-        return self.stem.parent / f"{self.stem.name}.{suffix}"
 
     @property
     def config(self) -> Path:
