@@ -57,9 +57,11 @@ def run_demo(cfg: DemoConfig, out_dir: str | os.PathLike = "exp/demo") -> list[d
     for backend in cfg.backends:
         rec = WhisperRecognizer(teacher, backend=backend, batch_size=cfg.batch_size)
         rows.append(evaluate(rec, test, batch_size=cfg.batch_size, out_dir=out / "eval" / backend))
-    print(f"\npseudo-labels: {len(recs)} utterances, {summary['audio_hours_this_run'] * 60:.1f} min of audio at "
-          f"{summary['audio_seconds_per_second']} audio-s/s; label WER vs the synthetic references {label_wer:.2f}% "
-          f"({labels})")
+    minutes = sum(r["duration"] for r in recs) / 60
+    speed = (f"labelled at {summary['audio_seconds_per_second']} audio-s/s" if summary["labelled_this_run"]
+             else "all reused from the previous run")
+    print(f"\npseudo-labels: {len(recs)} utterances, {minutes:.1f} min of audio, {speed}; label WER vs the synthetic "
+          f"references {label_wer:.2f}% ({labels})")
     print("\n" + format_table(rows) + "\n")
     print(f"outputs in {out}/ (per-utterance errors: {out}/eval/<backend>/per_utterance.jsonl)")
     return rows
