@@ -37,7 +37,6 @@ from typing import Iterable, Literal
 
 import numpy as np
 
-from speechkd import espeak
 from speechkd.config import ConfigError, save_config, to_dict
 # The engine lives in speechkd.espeak; its public names stay importable from here (BACKEND_ENV only re-exported).
 from speechkd.espeak import (BACKEND_ENV, ESPEAK_SAMPLE_RATE_HZ, EspeakError, _ENGINE_LOCK, _engine,  # noqa: F401
