@@ -188,8 +188,10 @@ class Labeller:
         """
         out: dict[int, _Piece] = {}
         solo: list[int] = []
-        pending = [w for w in (self._layout(w, audio) for w in windows) if w is not None]
-        solo += [p.utt for w in windows if self._layout(w, audio) is None for p in w.pieces if p.utt in audio]
+        laid = [self._layout(w, audio) for w in windows]
+        pending = [lw for lw in laid if lw is not None]
+        # A window that no longer fits 30 s with the real decoded lengths: its clips go solo.
+        solo += [p.utt for w, lw in zip(windows, laid) if lw is None for p in w.pieces if p.utt in audio]
         for round_ in range(PACK_ROUNDS):
             if not pending:
                 break
