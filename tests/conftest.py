@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # must precede the first huggingface_hub import
+# The on-device runtime is its own package under export/; make it importable even before `pip install -e .`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "export"))
 
 import pytest  # noqa: E402
 
