@@ -47,6 +47,7 @@ class EvalConfig:
     max_utterances: int | None = None
     num_threads: int | None = None  # None: leave torch/ct2 defaults
     compute_type: str = "default"  # ctranslate2 backend: default|int8|float32...
+    variant: str | None = None  # ONNX export dirs: which graph (e.g. model.int8.onnx; Whisper: fp32|int8)
     warmup: bool = True
 
     def validate(self) -> None:
@@ -84,10 +85,59 @@ class WhisperRecognizer:
         return None
 
 
+class RuntimeRecognizer:
+    """An ONNX export run by the torch-free on-device runtime (`speechkd_runtime`), evaluated like any model.
+
+    `variant` picks the graph: for CTC exports a file name such as "model.int8.onnx" (default: the export's
+    default), for Whisper exports "fp32" or "int8".
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None):
+        import speechkd_runtime
+        from speechkd_runtime.ctc import read_config
+
+        self.model_dir = Path(model_dir)
+        config = read_config(self.model_dir)
+        if config.get("model_type") == "whisper":
+            from speechkd_runtime import whisper
+
+            self.model = whisper.load(self.model_dir, variant=variant, num_threads=num_threads)
+            files = self.model.config["files"][self.model.variant]
+            self.files = [self.model_dir / f for f in (files.values() if isinstance(files, dict) else files)]
+            label = self.model.variant
+        else:
+            self.model = speechkd_runtime.load_model(self.model_dir, model_file=variant, num_threads=num_threads)
+            self.files = [self.model_dir / self.model.model_file]
+            label = self.model.model_file
+        self.config = config
+        self.name = f"{self.model_dir.name} [onnxruntime {label}]"
+
+    def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
+        return self.model.transcribe([np.asarray(a, dtype=np.float32) for a in audios], sample_rate=16000)
+
+    def num_parameters(self) -> int | None:
+        return self.config.get("num_parameters")
+
+    def size_bytes(self) -> int | None:
+        from speechkd.metrics import bytes_on_disk
+
+        return bytes_on_disk(self.files)
+
+
 def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, language: str | None = "en",
-                    compute_type: str = "default", num_threads: int | None = None) -> Recognizer:
-    """Resolve a model spec (bundled name, HF id/dir, CTranslate2 dir) into a Recognizer."""
+                    compute_type: str = "default", num_threads: int | None = None,
+                    variant: str | None = None) -> Recognizer:
+    """Resolve a model spec into a Recognizer: a saved student dir, an ONNX export dir (run by the on-device
+    runtime; `variant` picks fp32/int8), or a Whisper teacher (bundled name, HF id/dir, CTranslate2 dir)."""
+    from speechkd.students import is_student_dir, read_student_file, student_recognizer
     from speechkd.teachers import load_whisper
+
+    path = Path(spec)
+    # Whisper students are save_pretrained dirs: they take the teacher path below, so both backends work.
+    if is_student_dir(path) and read_student_file(path)[0] != "whisper":
+        return student_recognizer(path, batch_size=batch_size)
+    if path.is_dir() and any(path.glob("*.onnx")) and (path / "config.json").is_file():
+        return RuntimeRecognizer(path, variant=variant, num_threads=num_threads)
 
     teacher = load_whisper(spec, compute_type=compute_type, cpu_threads=num_threads or 0)
     if backend == "auto":
@@ -161,7 +211,7 @@ def run_eval(cfg: EvalConfig, out_dir: str | os.PathLike | None = None) -> dict:
     if cfg.max_utterances:
         utts = utts[: cfg.max_utterances]
     rec = load_recognizer(cfg.model, backend=cfg.backend, batch_size=cfg.batch_size, language=cfg.language,
-                          compute_type=cfg.compute_type, num_threads=cfg.num_threads)
+                          compute_type=cfg.compute_type, num_threads=cfg.num_threads, variant=cfg.variant)
     if out_dir is not None:
         save_config(cfg, Path(out_dir) / "config.yaml")
     return evaluate(rec, utts, batch_size=cfg.batch_size, language=cfg.language, out_dir=out_dir, warmup=cfg.warmup)

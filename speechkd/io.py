@@ -15,11 +15,19 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 
+def _default_mode() -> int:
+    """What open() would give a new file under the current umask (mkstemp's files are private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -408,8 +408,9 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             if finite < 1.0:
                 raise TrainingError(
                     f"non-finite loss at step {step + 1} (micro-batch {micro}); batch ids {ids[:8]}; the last good "
-                    f"checkpoint is {last_ckpt or 'none yet'}. Hint: lower train.lr, raise warmup_steps, or check "
-                    f"these utterances' labels; re-running resumes from the checkpoint")
+                    f"checkpoint is {last_ckpt or 'none yet'}. Hint: check these utterances' labels, or train again "
+                    f"into a new folder with a lower train.lr / more warmup_steps (the same folder only resumes the "
+                    f"same config)")
             if loss.requires_grad:
                 (loss / cfg.grad_accum).backward()
             for k, v in logs.items():
@@ -420,7 +421,8 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
-                                    f"checkpoint {last_ckpt or 'none yet'}. Hint: lower train.lr")
+                                    f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
+                                    f"lower train.lr")
             logs_sum["grad_norm"] = grad_norm
         optimizer.step()
         scheduler.step()

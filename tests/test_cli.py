@@ -57,3 +57,13 @@ def test_bad_input_is_one_clear_line(args, needle, tmp_path, monkeypatch, capsys
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_train_set_overrides_merge_at_every_depth():
+    from speechkd.cli import merge_nested, parse_sets
+
+    base = {"train": {"lr": 1e-4, "max_steps": 10}, "method_config": {"spec_augment": {"num_time_masks": 2, "max_time_mask": 0.05}}}
+    sets = parse_sets(["train.max_steps=50", "method_config.spec_augment.max_time_mask=0.1"])
+    merged = merge_nested(base, sets)
+    assert merged["train"] == {"lr": 1e-4, "max_steps": 50}
+    assert merged["method_config"]["spec_augment"] == {"num_time_masks": 2, "max_time_mask": 0.1}

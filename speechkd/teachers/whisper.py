@@ -491,19 +491,44 @@ def _is_multilingual(hf_dir: Path) -> bool:
 
 
 def _ensure_ct2_from_hf(hf_dir: Path, cache_root: Path | None) -> Path:
-    """Convert an HF Whisper dir to CTranslate2 once, into ``<cache>/ct2/<weights digest>/``.
-
-    Uses ctranslate2's own TransformersConverter (works offline from a local dir), keeping the stored
-    precision; the temp-then-rename keeps a killed conversion from leaving a dir ctranslate2 would load.
-    """
-    try:
-        from ctranslate2.converters import TransformersConverter
-    except ImportError as e:
-        raise TeacherLoadError("converting to CTranslate2 needs: pip install 'speechkd[ct2]'") from e
+    """Convert an HF Whisper dir to CTranslate2 once, into ``<cache>/ct2/<weights digest>/``, keeping the
+    stored precision."""
     root = cache_root if cache_root is not None else default_cache_dir()
     out = root / CT2_FROM_HF_SUBDIR / _weights_digest(hf_dir, root)[:CACHE_KEY_HEX_CHARS]
     if (out / CT2_CONVERSION_MARKER).is_file() and (out / CT2_MODEL_FILE).is_file():
         return out
+    return convert_hf_to_ct2(hf_dir, out)
+
+
+def convert_hf_to_ct2(hf_dir: Path, out: Path, quantization: str | None = None,
+                      feature_extractor: dict | None = None) -> Path:
+    """An HF Whisper dir as a CTranslate2 (faster-whisper) dir at `out`, via ctranslate2's own converter
+    (offline from a local dir). Built in a temp dir and renamed, so a killed conversion never leaves a dir
+    ctranslate2 would load. `feature_extractor` is written as preprocessor_config.json when the HF dir
+    lacks one (transformers 5 keeps it in processor_config.json; faster-whisper reads the mel count there)."""
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError as e:
+        raise TeacherLoadError("converting to CTranslate2 needs: pip install 'speechkd[ct2]'") from e
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        if not (hf_dir / TOKENIZER_FILE).is_file():
+            raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion; "
+                                   f"save the WhisperProcessor beside the model")
+        copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
+        TransformersConverter(str(hf_dir), copy_files=copy).convert(str(tmp), quantization=quantization, force=True)
+        if feature_extractor is not None and not (tmp / "preprocessor_config.json").is_file():
+            atomic_write_json(tmp / "preprocessor_config.json", feature_extractor)
+        atomic_write_json(tmp / CT2_CONVERSION_MARKER, {"source": str(hf_dir.resolve()), "quantization": quantization})
+        replace_dir(tmp, out)
+    except TeacherLoadError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TeacherLoadError(f"could not convert {hf_dir} to CTranslate2 ({type(e).__name__}: {e})") from e
+    return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
