@@ -1,0 +1,212 @@
+"""Run a Whisper model exported by speechkd (encoder.onnx + decoder.onnx with KV cache) on onnxruntime.
+
+numpy + onnxruntime only: log-mel features from speechkd_runtime.features (the implementation the
+training side uses), greedy decoding with the self-attention cache carried between decoder calls,
+and byte-level BPE ids -> text with GPT-2's bytes-to-unicode table. Decoding follows the rules
+transformers' greedy ``generate`` applies for a Whisper model: the prompt from config.json
+(<|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>), suppressed tokens at every step,
+"begin" suppressed tokens at the first step, at most ``max_new_tokens`` tokens, stop at <|endoftext|>.
+
+Audio longer than 30 s is cut into chunks of at most 30 s at quiet points (the CTC runtime's chunk
+planner) and each chunk is decoded as its own window; chunk transcripts are joined with spaces.
+
+    from speechkd_runtime.whisper import WhisperModel, transcribe
+    text = transcribe("exp/base-2dec/onnx", samples_16k)                # fp32 graphs
+    model = WhisperModel("exp/base-2dec/onnx", variant="int8", num_threads=2)
+    texts = model.transcribe([a, b])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .audio import load_audio, to_model_rate
+from .ctc import ModelDirError, plan_chunks, read_config
+from .features import whisper_log_mel
+
+REQUIRED_KEYS = ("model_type", "n_mels", "decoder_layers", "d_model", "vocab_size", "eot", "prompt",
+                 "max_new_tokens", "files", "tokens")
+MIN_CHUNK_SECONDS = 20.0  # a long-audio cut is searched for between 20 s and 30 s after the previous one
+
+
+@lru_cache(maxsize=1)
+def byte_decoder() -> dict[str, int]:
+    """GPT-2's reversible map from the printable characters byte-level BPE stores back to bytes.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 byte values (controls, space, ...) were
+    shifted to code points 256.. in order, so a token is always a visible string.
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars = list(keep)
+    shifted = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + shifted)
+            shifted += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
+
+
+def ids_to_text(ids: Sequence[int], tokens: Sequence[str], first_special_id: int) -> str:
+    """Concatenate the tokens of non-special ids, map characters back to bytes, decode UTF-8."""
+    table = byte_decoder()
+    text = "".join(tokens[i] for i in ids if 0 <= i < first_special_id)
+    raw = bytes(table[c] for c in text if c in table)
+    return raw.decode("utf-8", errors="replace").strip()
+
+
+class WhisperModel:
+    """An exported Whisper model on onnxruntime (fp32 or int8 graphs)."""
+
+    def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None,
+                 providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.config = read_config(self.model_dir)
+        cfg_path = self.model_dir / "config.json"
+        missing = [k for k in REQUIRED_KEYS if k not in self.config]
+        if missing:
+            raise ModelDirError(f"{cfg_path} lacks {missing}; re-export the model with export_whisper")
+        if self.config["model_type"] != "whisper":
+            raise ModelDirError(f"{cfg_path}: model_type is {self.config['model_type']!r}, not 'whisper'")
+        self.variant = variant or self.config.get("default_variant", "fp32")
+        files = self.config["files"].get(self.variant)
+        if files is None:
+            raise ModelDirError(f"{self.model_dir} has no {self.variant!r} variant; available: "
+                                f"{sorted(self.config['files'])}")
+        tokens_path = self.model_dir / self.config["tokens"]
+        if not tokens_path.is_file():
+            raise ModelDirError(f"{tokens_path} is missing: the export needs its token table (re-export the model)")
+        self.tokens: list[str] = json.loads(tokens_path.read_text(encoding="utf-8"))
+        if len(self.tokens) != int(self.config["vocab_size"]):
+            raise ModelDirError(f"{tokens_path} has {len(self.tokens)} tokens but config.json says vocab_size "
+                                f"{self.config['vocab_size']}; the files come from different exports")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+            opts.inter_op_num_threads = 1
+        providers = list(providers or ["CPUExecutionProvider"])
+        sessions = {}
+        for role in ("encoder", "decoder"):
+            path = self.model_dir / files[role]
+            if not path.is_file():
+                raise ModelDirError(f"{path} is missing; re-export the model")
+            sessions[role] = ort.InferenceSession(str(path), opts, providers=providers)
+        self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
+        self.sample_rate = int(self.config.get("sample_rate", 16000))
+        self.chunk_seconds = float(self.config.get("chunk_seconds", 30))
+        self.n_mels = int(self.config["n_mels"])
+        self.eot = int(self.config["eot"])
+        self.first_special_id = int(self.config.get("first_special_id", self.eot))
+        self.max_new_tokens = int(self.config["max_new_tokens"])
+        self.suppress = np.array(self.config.get("suppress_tokens", []), dtype=np.int64)
+        self.begin_suppress = np.array(self.config.get("begin_suppress_tokens", []), dtype=np.int64)
+
+    # ------------------------------------------------------------------------------ building blocks
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """[n_mels, 3000] log-mel of at most 30 s of 16 kHz audio (zero-padded to 30 s, as Whisper expects)."""
+        return whisper_log_mel(samples, self.n_mels, pad_to_seconds=self.chunk_seconds).T
+
+    def prompt(self, language: str | None = None) -> list[int]:
+        prompt = [int(t) for t in self.config["prompt"]]
+        if language is not None and self.config.get("is_multilingual"):
+            lang = self.config.get("languages", {}).get(language)
+            if lang is None:
+                raise ValueError(f"language {language!r} is not in this model's languages "
+                                 f"({sorted(self.config.get('languages', {}))[:10]}...)")
+            prompt[1] = int(lang)
+        return prompt
+
+    def generate(self, mel: np.ndarray, language: str | None = None) -> list[list[int]]:
+        """Greedy token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]."""
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        batch = mel.shape[0]
+        _, cross_k, cross_v = self.encoder.run(None, {"mel": mel})
+        layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
+        self_k = np.zeros((layers, batch, 0, d_model), dtype=np.float32)
+        self_v = self_k
+        tokens = np.tile(np.array(self.prompt(language), dtype=np.int64), (batch, 1))
+        out: list[list[int]] = [[] for _ in range(batch)]
+        done = np.zeros(batch, dtype=bool)
+        for step in range(self.max_new_tokens):
+            logits, self_k, self_v = self.decoder.run(None, {"tokens": tokens, "self_k": self_k, "self_v": self_v,
+                                                             "cross_k": cross_k, "cross_v": cross_v})
+            last = logits[:, -1, :].astype(np.float32, copy=True)
+            if self.suppress.size:
+                last[:, self.suppress] = -np.inf
+            if step == 0 and self.begin_suppress.size:
+                last[:, self.begin_suppress] = -np.inf
+            next_ids = last.argmax(axis=-1)
+            # Finished rows keep feeding <|endoftext|> (transformers pads them the same way).
+            next_ids = np.where(done, self.eot, next_ids)
+            for b in np.flatnonzero(~done):
+                if next_ids[b] != self.eot:
+                    out[b].append(int(next_ids[b]))
+            done |= next_ids == self.eot
+            if done.all():
+                break
+            tokens = next_ids[:, None].astype(np.int64)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return ids_to_text(ids, self.tokens, self.first_special_id)
+
+    # ------------------------------------------------------------------------------ transcription
+
+    def transcribe(self, audios: Sequence[np.ndarray], sample_rate: int | None = None, batch_size: int = 4,
+                   language: str | None = None) -> list[str]:
+        """Transcripts of mono float32 arrays (at sample_rate, default 16 kHz); long ones are chunked."""
+        rate = self.sample_rate if sample_rate is None else int(sample_rate)
+        pieces: list[np.ndarray] = []
+        owner: list[int] = []
+        for k, audio in enumerate(audios):
+            x = to_model_rate(np.asarray(audio, dtype=np.float32), rate, self.sample_rate)
+            spans = plan_chunks(x, self.sample_rate, max_chunk_s=self.chunk_seconds,
+                                min_chunk_s=min(MIN_CHUNK_SECONDS, self.chunk_seconds / 2))
+            for a, b in spans:
+                pieces.append(x[a:b])
+                owner.append(k)
+        texts: list[list[str]] = [[] for _ in audios]
+        for start in range(0, len(pieces), batch_size):
+            chunk = pieces[start:start + batch_size]
+            ids = self.generate(np.stack([self.features(p) for p in chunk]), language)
+            for k, seq in zip(owner[start:start + batch_size], ids):
+                texts[k].append(self.decode(seq))
+        return [" ".join(t for t in parts if t) for parts in texts]
+
+
+_CACHE: dict[tuple, WhisperModel] = {}
+
+
+def load(model_dir: str | os.PathLike, **kwargs: Any) -> WhisperModel:
+    """A WhisperModel, cached per directory and options so repeated calls do not reload the sessions."""
+    key = (os.fspath(Path(model_dir).resolve()), tuple(sorted(kwargs.items())))
+    if key not in _CACHE:
+        _CACHE[key] = WhisperModel(model_dir, **kwargs)
+    return _CACHE[key]
+
+
+def transcribe(model_dir: str | os.PathLike, audio: str | os.PathLike | np.ndarray, sample_rate: int | None = None,
+               language: str | None = None, **kwargs: Any) -> str:
+    """Transcript of one file, or of float32 samples (16 kHz unless sample_rate says otherwise).
+
+    kwargs go to WhisperModel (variant="int8", num_threads=2, ...).
+    """
+    model = load(model_dir, **kwargs)
+    if isinstance(audio, (str, os.PathLike)):
+        if sample_rate is not None:
+            raise ValueError("sample_rate is read from the file; pass it only with an array")
+        samples = load_audio(audio, model.sample_rate)
+    else:
+        samples = to_model_rate(np.asarray(audio, dtype=np.float32), sample_rate or model.sample_rate,
+                                model.sample_rate)
+    return model.transcribe([samples], language=language)[0]

@@ -1,0 +1,325 @@
+"""Export a Whisper student (or teacher) for on-device decoding: ONNX + KV cache, and CTranslate2.
+
+ONNX layout (what ``speechkd_runtime.whisper`` runs without torch or transformers)::
+
+    encoder.onnx   mel [B, n_mels, 3000] -> encoder_hidden_states [B, 1500, D],
+                                            cross_k, cross_v [L, B, 1500, D] (every decoder layer's
+                                            cross-attention keys/values, computed once per clip)
+    decoder.onnx   tokens [B, T] int64, self_k, self_v [L, B, P, D] (P = tokens decoded so far, 0 at
+                   the start), cross_k, cross_v -> logits [B, T, V], new_self_k, new_self_v [L, B, P+T, D]
+    *.int8.onnx    the same graphs with weights dynamically quantised to int8 (onnxruntime.quantization)
+    config.json    model_type "whisper", n_mels, sizes, special token ids, decoding rules (prompt,
+                   suppressed tokens, max_new_tokens)
+    tokens.json    the byte-level BPE tokens by id, for decoding ids to text without a tokenizer library
+
+Why our own graphs rather than optimum: optimum-onnx pins transformers < 4.58 (this project runs 5.x).
+The graphs are written here from the model's own modules (the same nn.Linear/LayerNorm weights, the
+same order of operations as ``modeling_whisper``), with the cache as plain tensors, and exported with
+the TorchScript exporter (``dynamo=False``): it needs no onnxscript, gives one self-contained file, and
+the tests check that its logits match ``WhisperForConditionalGeneration``.
+
+Usage:
+    from speechkd.export.whisper_onnx import export_whisper, export_whisper_ct2
+    export_whisper("exp/base-2dec", "exp/base-2dec/onnx")          # + int8 variants
+    export_whisper_ct2("exp/base-2dec", "exp/base-2dec/ct2")         # faster-whisper model dir
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from speechkd.export.ctc import ExportError  # one error class for every export, so the CLI reports them all
+from speechkd.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+OPSET = 17  # LayerNormalization is a native op from 17 on
+ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
+INT8_SUFFIX = ".int8.onnx"
+TOKENS_FILE = "tokens.json"
+QUANTIZE_MODES = ("dynamic",)
+SAMPLE_RATE = 16_000
+CHUNK_SECONDS = 30
+
+
+# --- the two graphs --------------------------------------------------------------------------------------
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """[B, T, D] -> [B, H, T, D/H]."""
+    b, t, d = x.shape
+    return x.reshape(b, t, num_heads, d // num_heads).transpose(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Scaled dot-product attention with the scale already folded into q (Whisper scales q before q.k)."""
+    qh, kh, vh = _heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads)
+    scores = torch.matmul(qh, kh.transpose(2, 3))
+    if mask is not None:
+        scores = scores + mask
+    out = torch.matmul(torch.softmax(scores, dim=-1), vh)
+    b, _, t, _ = out.shape
+    return out.transpose(1, 2).reshape(b, t, -1)
+
+
+def _feed_forward(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return x + layer.fc2(nn.functional.gelu(layer.fc1(layer.final_layer_norm(x))))
+
+
+class WhisperEncoderGraph(nn.Module):
+    """log-mel -> encoder states and every decoder layer's cross-attention K/V."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.encoder = model.model.encoder
+        self.decoder_layers = model.model.decoder.layers
+        self.num_heads = model.config.encoder_attention_heads
+
+    def forward(self, mel: torch.Tensor):
+        enc = self.encoder
+        x = nn.functional.gelu(enc.conv1(mel))
+        x = nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)
+        x = x + enc.embed_positions.weight  # modeling_whisper ignores embed_scale too
+        for layer in enc.layers:
+            att = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            x = x + att.out_proj(_attend(att.q_proj(h) * att.scaling, att.k_proj(h), att.v_proj(h), self.num_heads))
+            x = _feed_forward(layer, x)
+        x = enc.layer_norm(x)
+        cross_k = torch.stack([layer.encoder_attn.k_proj(x) for layer in self.decoder_layers])
+        cross_v = torch.stack([layer.encoder_attn.v_proj(x) for layer in self.decoder_layers])
+        return x, cross_k, cross_v
+
+
+class WhisperDecoderGraph(nn.Module):
+    """One decoder call over T new tokens with a self-attention cache of P past tokens."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.decoder = model.model.decoder
+        self.num_heads = model.config.decoder_attention_heads
+        # A separate [D, V] copy of the (tied) embedding for the output projection, so it is a plain
+        # MatMul that dynamic int8 quantisation covers (Gemm is not quantised dynamically).
+        self.proj_t = nn.Parameter(model.proj_out.weight.detach().t().contiguous(), requires_grad=False)
+
+    def forward(self, tokens, self_k, self_v, cross_k, cross_v):
+        dec = self.decoder
+        past, new = self_k.shape[2], tokens.shape[1]
+        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[past:past + new]
+        # Causal mask over [past + new] keys: query i (position past + i) sees keys 0 .. past + i.
+        q_pos = torch.arange(new, device=tokens.device).unsqueeze(1) + past
+        k_pos = torch.arange(past + new, device=tokens.device).unsqueeze(0)
+        mask = torch.where(k_pos > q_pos, torch.tensor(float("-inf")), torch.tensor(0.0))
+        keys, values = [], []
+        for i, layer in enumerate(dec.layers):
+            att = layer.self_attn
+            h = layer.self_attn_layer_norm(x)
+            k = torch.cat([self_k[i], att.k_proj(h)], dim=1)
+            v = torch.cat([self_v[i], att.v_proj(h)], dim=1)
+            keys.append(k)
+            values.append(v)
+            x = x + att.out_proj(_attend(att.q_proj(h) * att.scaling, k, v, self.num_heads, mask))
+            cross = layer.encoder_attn
+            h = layer.encoder_attn_layer_norm(x)
+            x = x + cross.out_proj(_attend(cross.q_proj(h) * cross.scaling, cross_k[i], cross_v[i], self.num_heads))
+            x = _feed_forward(layer, x)
+        logits = torch.matmul(dec.layer_norm(x), self.proj_t)
+        return logits, torch.stack(keys), torch.stack(values)
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+
+def _load(model_spec: str | os.PathLike):
+    """(model, processor, generation config, source name) from a student dir, HF dir or teacher spec."""
+    from transformers import WhisperForConditionalGeneration
+
+    from speechkd.teachers import load_whisper
+    from speechkd.teachers.bundled import TeacherLoadError
+
+    try:
+        teacher = load_whisper(model_spec)
+    except TeacherLoadError as e:
+        raise ExportError(f"cannot export {model_spec}: {e}") from e
+    model = WhisperForConditionalGeneration.from_pretrained(teacher.hf_dir).float().eval()
+    return model, teacher.processor, model.generation_config, teacher
+
+
+def _example_inputs(model, batch: int = 1, past: int = 2, new: int = 3):
+    cfg = model.config
+    mel = torch.randn(batch, cfg.num_mel_bins, 2 * cfg.max_source_positions)
+    cache = torch.zeros(cfg.decoder_layers, batch, past, cfg.d_model)
+    cross = torch.zeros(cfg.decoder_layers, batch, cfg.max_source_positions, cfg.d_model)
+    tokens = torch.zeros(batch, new, dtype=torch.long)
+    return mel, (tokens, cache, cache.clone(), cross, cross.clone())
+
+
+def _torch_onnx_export(module: nn.Module, args: tuple, path: Path, inputs: Sequence[str], outputs: Sequence[str],
+                       dynamic_axes: dict) -> None:
+    import warnings
+
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter warns that it is deprecated and about traced shape arithmetic, which is
+        # intended here (the cache length is read from the input shape).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=list(inputs), output_names=list(outputs),
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False, do_constant_folding=True)
+
+
+def export_graphs(model, out_dir: Path) -> dict[str, str]:
+    """Write encoder.onnx and decoder.onnx for ``model`` (a WhisperForConditionalGeneration) into out_dir."""
+    import onnx
+
+    model = model.float().eval()
+    mel, dec_args = _example_inputs(model)
+    _torch_onnx_export(
+        WhisperEncoderGraph(model), (mel,), out_dir / ENCODER_FILE, ["mel"],
+        ["encoder_hidden_states", "cross_k", "cross_v"],
+        {"mel": {0: "batch"}, "encoder_hidden_states": {0: "batch"}, "cross_k": {1: "batch"}, "cross_v": {1: "batch"}},
+    )
+    cache_axes = {1: "batch", 2: "past"}
+    _torch_onnx_export(
+        WhisperDecoderGraph(model), dec_args, out_dir / DECODER_FILE,
+        ["tokens", "self_k", "self_v", "cross_k", "cross_v"], ["logits", "new_self_k", "new_self_v"],
+        {"tokens": {0: "batch", 1: "new"}, "self_k": cache_axes, "self_v": cache_axes, "cross_k": {1: "batch"},
+         "cross_v": {1: "batch"}, "logits": {0: "batch", 1: "new"},
+         "new_self_k": {1: "batch", 2: "total"}, "new_self_v": {1: "batch", 2: "total"}},
+    )
+    for name in (ENCODER_FILE, DECODER_FILE):
+        onnx.checker.check_model(str(out_dir / name))
+    return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
+
+
+def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
+    """int8 dynamic quantisation (weights int8, activations quantised per call) of MatMul and Gather."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = {}
+    for role, name in files.items():
+        target = name.replace(".onnx", INT8_SUFFIX)
+        # The encoder's convolutions stay float: ConvInteger has no CPU kernel in onnxruntime for all
+        # shapes, and the conv front end is a small share of the encoder's time.
+        quantize_dynamic(str(out_dir / name), str(out_dir / target), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gather"])
+        out[role] = target
+    return out
+
+
+def whisper_config(model, tokenizer, generation_config) -> dict:
+    """config.json for the runtime: sizes, special tokens and the decoding rules HF generate applies."""
+    from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_TOKEN, TASK_TOKENS, special_token_ids
+
+    cfg = model.config
+    vocab = tokenizer.get_vocab()
+    ids = special_token_ids(tokenizer)
+    multilingual = bool(getattr(generation_config, "is_multilingual", False))
+    languages = dict(getattr(generation_config, "lang_to_id", None) or {}) if multilingual else {}
+    prompt = [vocab[SOT_TOKEN]]
+    if multilingual:
+        if "<|en|>" not in vocab:
+            raise ExportError("a multilingual model without <|en|> in its vocabulary cannot get a default prompt")
+        prompt += [vocab["<|en|>"], vocab[TASK_TOKENS["transcribe"]]]
+    prompt.append(vocab[NO_TIMESTAMPS_TOKEN])
+    max_length = int(generation_config.max_length or cfg.max_target_positions)
+    return {
+        "model_type": "whisper",
+        "format_version": FORMAT_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "chunk_seconds": CHUNK_SECONDS,
+        "n_mels": int(cfg.num_mel_bins),
+        "n_audio_ctx": int(cfg.max_source_positions),
+        "n_text_ctx": int(cfg.max_target_positions),
+        "d_model": int(cfg.d_model),
+        "encoder_layers": int(cfg.encoder_layers),
+        "decoder_layers": int(cfg.decoder_layers),
+        "vocab_size": int(cfg.vocab_size),
+        "is_multilingual": multilingual,
+        "sot": vocab[SOT_TOKEN],
+        "eot": vocab[EOT_TOKEN],
+        "no_timestamps": vocab[NO_TIMESTAMPS_TOKEN],
+        "transcribe": ids.get("transcribe"),
+        "translate": ids.get("translate"),
+        "languages": {k.strip("<|>"): int(v) for k, v in languages.items()},
+        "default_language": "en" if multilingual else None,
+        "prompt": prompt,
+        # Whisper's control tokens, timestamps included, all sit at ids >= eot: decoding text skips them.
+        "first_special_id": vocab[EOT_TOKEN],
+        "suppress_tokens": [int(t) for t in (generation_config.suppress_tokens or [])],
+        "begin_suppress_tokens": [int(t) for t in (generation_config.begin_suppress_tokens or [])],
+        # The rule the transformers and ctranslate2 backends apply: at most half the decoder context.
+        "max_new_tokens": max_length // 2,
+        "tokens": TOKENS_FILE,
+        "files": {"fp32": {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}},
+        "default_variant": "fp32",
+    }
+
+
+def token_table(tokenizer, vocab_size: int) -> list[str]:
+    """Token strings by id (byte-level BPE symbols; '' for ids the tokenizer does not define)."""
+    table = [""] * vocab_size
+    for token, i in tokenizer.get_vocab().items():
+        if 0 <= i < vocab_size:
+            table[i] = token
+    return table
+
+
+def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   quantize: Sequence[str] = ("dynamic",)) -> Path:
+    """Export ``student_dir`` (a saved student, any save_pretrained Whisper dir, or a teacher spec) to ONNX.
+
+    Writes into a temporary sibling and renames it into place, so ``out_dir`` is either the old export
+    or a complete new one. Returns ``out_dir``.
+    """
+    unknown = [q for q in quantize if q not in QUANTIZE_MODES]
+    if unknown:
+        raise ExportError(f"quantize={list(quantize)}: unknown mode(s) {unknown}; choose from {list(QUANTIZE_MODES)}")
+    model, processor, gen, _ = _load(student_dir)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        files = export_graphs(model, tmp)
+        config = whisper_config(model, processor.tokenizer, gen)
+        if "dynamic" in quantize:
+            config["files"]["int8"] = quantize_graphs(tmp, files)
+        atomic_write_json(tmp / TOKENS_FILE, token_table(processor.tokenizer, model.config.vocab_size))
+        atomic_write_json(tmp / "config.json", config)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("exported %s to %s (%s)", student_dir, out, ", ".join(config["files"]))
+    return out
+
+
+# --- CTranslate2 (faster-whisper) -----------------------------------------------------------------------
+
+
+def export_whisper_ct2(student_dir: str | os.PathLike, out_dir: str | os.PathLike, quantization: str = "int8") -> Path:
+    """A faster-whisper model dir (model.bin, config.json, tokenizer.json, preprocessor_config.json).
+
+    ``quantization`` is CTranslate2's weight type (int8, int8_float16, float16, float32, ...). The
+    feature extractor config is written as preprocessor_config.json because faster-whisper reads the
+    number of mel bins from it (transformers 5 saves it inside processor_config.json instead).
+    """
+    from speechkd.teachers import TeacherLoadError, load_whisper
+    from speechkd.teachers.whisper import convert_hf_to_ct2
+
+    try:
+        teacher = load_whisper(student_dir)
+        return convert_hf_to_ct2(Path(teacher.hf_dir), Path(out_dir), quantization,
+                                 feature_extractor=teacher.processor.feature_extractor.to_dict())
+    except TeacherLoadError as e:
+        raise ExportError(f"cannot export {student_dir} to CTranslate2: {e}") from e

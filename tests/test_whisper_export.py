@@ -1,0 +1,167 @@
+"""Whisper ONNX export + torch-free runtime, and the CTranslate2 (faster-whisper) export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from speechkd.export.whisper_onnx import ExportError, export_whisper, export_whisper_ct2
+from speechkd.teachers import load_whisper
+from speechkd_runtime import whisper as runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+# fp32 ONNX vs PyTorch on CPU: same math, different kernels. Observed max |diff| ~3e-5 on logits of
+# magnitude ~10 (the random tiny model has init_std 0.3, so logits are far larger than a trained model's).
+ENCODER_ATOL = 1e-4
+LOGITS_ATOL = 1e-3
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_whisper_dir, tmp_path_factory):
+    return export_whisper(tiny_whisper_dir, tmp_path_factory.mktemp("onnx") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_whisper_dir, teacher_cache):
+    return load_whisper(tiny_whisper_dir, cache_dir=teacher_cache)
+
+
+@pytest.fixture(scope="module")
+def audios(synth_corpus):
+    from speechkd.data import decode, open_data
+
+    clips = [decode(u) for u in open_data(str(synth_corpus / "dev.jsonl"))]
+    rng = np.random.default_rng(0)
+    tone = (0.3 * np.sin(np.arange(24000) / 4.0) + 0.05 * rng.standard_normal(24000)).astype(np.float32)
+    return clips + [tone]
+
+
+def test_export_writes_config_tokens_and_both_variants(exported, teacher):
+    cfg = json.loads((exported / "config.json").read_text())
+    vocab = teacher.vocab
+    assert cfg["model_type"] == "whisper" and cfg["n_mels"] == 80 and cfg["decoder_layers"] == 2
+    assert cfg["prompt"] == [vocab["<|startoftranscript|>"], vocab["<|notimestamps|>"]]
+    assert cfg["eot"] == vocab["<|endoftext|>"] and cfg["no_timestamps"] == vocab["<|notimestamps|>"]
+    assert cfg["transcribe"] == vocab["<|transcribe|>"] and not cfg["is_multilingual"]
+    assert cfg["max_new_tokens"] == 20  # half of the fixture's 40-token decoder context
+    assert cfg["suppress_tokens"] == list(teacher.model.generation_config.suppress_tokens)
+    for variant in ("fp32", "int8"):
+        for name in cfg["files"][variant].values():
+            assert (exported / name).is_file()
+    tokens = json.loads((exported / "tokens.json").read_text())
+    assert len(tokens) == cfg["vocab_size"] == teacher.model.config.vocab_size
+    assert tokens[vocab["Ġ"]] == "Ġ" and tokens[cfg["eot"]] == "<|endoftext|>"
+    assert not list(exported.parent.glob(".*.tmp"))  # the temporary build dir was renamed into place
+
+
+def test_onnx_encoder_and_cached_decoder_match_pytorch(exported, teacher):
+    model = teacher.model
+    torch.manual_seed(1)
+    mel = torch.randn(2, 80, 3000)
+    tokens = torch.tensor([[257, 264, 40, 41, 42], [257, 264, 50, 51, 52]])
+    with torch.no_grad():
+        ref_hidden = model.model.encoder(mel).last_hidden_state.numpy()
+        ref_logits = model(input_features=mel, decoder_input_ids=tokens).logits.numpy()
+    enc = ort.InferenceSession(str(exported / "encoder.onnx"))
+    dec = ort.InferenceSession(str(exported / "decoder.onnx"))
+    hidden, cross_k, cross_v = enc.run(None, {"mel": mel.numpy()})
+    np.testing.assert_allclose(hidden, ref_hidden, atol=ENCODER_ATOL)
+    # Prompt + two tokens with an empty cache, then the rest one at a time from the cache.
+    empty = np.zeros((2, 2, 0, 64), dtype=np.float32)
+    feeds = {"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v}
+    logits, k, v = dec.run(None, {"tokens": tokens[:, :3].numpy(), **feeds})
+    parts = [logits]
+    for i in (3, 4):
+        logits, k, v = dec.run(None, {"tokens": tokens[:, i:i + 1].numpy(), **feeds, "self_k": k, "self_v": v})
+        parts.append(logits)
+    assert k.shape == (2, 2, 5, 64)
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), ref_logits, atol=LOGITS_ATOL)
+
+
+def test_runtime_greedy_equals_transformers_greedy(exported, teacher, audios):
+    model = runtime.WhisperModel(exported)
+    feats = np.stack([model.features(a) for a in audios])
+    np.testing.assert_allclose(feats, teacher.features(audios), atol=1e-4)
+    expected = teacher.generate_token_ids(audios, batch_size=len(audios))
+    assert model.generate(feats) == expected
+    assert any(len(ids) > 3 for ids in expected)
+    assert model.transcribe(audios) == teacher.transcribe(audios)
+    assert runtime.transcribe(exported, audios[0]) == teacher.transcribe(audios[:1])[0]
+
+
+def test_int8_variant_runs(exported, audios):
+    cfg = json.loads((exported / "config.json").read_text())
+    for name in cfg["files"]["int8"].values():
+        assert (exported / name).stat().st_size < (exported / name.replace(".int8", "")).stat().st_size
+    model = runtime.WhisperModel(exported, variant="int8", num_threads=1)
+    ids = model.generate(np.stack([model.features(a) for a in audios[:2]]))
+    assert len(ids) == 2 and all(len(seq) <= cfg["max_new_tokens"] for seq in ids)
+    assert all(0 <= i < cfg["vocab_size"] for seq in ids for i in seq)
+    assert isinstance(runtime.transcribe(exported, audios[0], variant="int8"), str)
+    with pytest.raises(ValueError, match="no 'fp16' variant"):
+        runtime.WhisperModel(exported, variant="fp16")
+
+
+def test_bpe_decoding_without_a_tokenizer_library(exported, teacher):
+    tokens = json.loads((exported / "tokens.json").read_text())
+    text = "Héllo wörld, 3 € — naïve\ttab"
+    ids = teacher.tokenizer.encode(text, add_special_tokens=False)
+    eot = teacher.vocab["<|endoftext|>"]
+    assert runtime.ids_to_text(ids + [eot, eot + 5], tokens, first_special_id=eot) == text
+    assert runtime.ids_to_text(ids, tokens, eot) == teacher.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+def test_long_audio_is_decoded_in_chunks_of_at_most_30_s(exported, monkeypatch):
+    model = runtime.WhisperModel(exported)
+    seen = []
+    monkeypatch.setattr(model, "generate", lambda mel, language=None: seen.append(mel.shape) or [[40]] * len(mel))
+    rng = np.random.default_rng(1)
+    audio = (0.1 * rng.standard_normal(16000 * 45)).astype(np.float32)
+    audio[16000 * 25:16000 * 26] = 0.0  # a pause: the cut goes there
+    texts = model.transcribe([audio], batch_size=1)
+    assert [s[0] for s in seen] == [1, 1] and all(s[1:] == (80, 3000) for s in seen)
+    assert texts == [" ".join([model.decode([40])] * 2)]
+
+
+def test_runtime_imports_no_torch_or_transformers():
+    code = ("import sys; sys.path.insert(0, 'export'); import speechkd_runtime.whisper; "
+            "bad = [m for m in ('torch', 'transformers', 'speechkd') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_export_rejects_unknown_quantization(tiny_whisper_dir, tmp_path):
+    with pytest.raises(ExportError, match="unknown mode"):
+        export_whisper(tiny_whisper_dir, tmp_path / "x", quantize=("static",))
+    with pytest.raises(ExportError, match="cannot export"):
+        export_whisper(tmp_path / "missing", tmp_path / "y")
+
+
+def test_ct2_export_runs_in_faster_whisper(tiny_whisper_dir, teacher, audios, tmp_path):
+    import ctranslate2
+    from faster_whisper import WhisperModel
+
+    out = export_whisper_ct2(tiny_whisper_dir, tmp_path / "ct2", quantization="int8")
+    assert (out / "model.bin").is_file() and (out / "tokenizer.json").is_file()
+    assert json.loads((out / "preprocessor_config.json").read_text())["feature_size"] == 80
+    fw = WhisperModel(str(out), device="cpu", compute_type="int8", cpu_threads=1)
+    segments, info = fw.transcribe(audios[0], language="en", beam_size=1, temperature=0.0,
+                                   without_timestamps=True, condition_on_previous_text=False,
+                                   max_new_tokens=20)  # faster-whisper assumes 448 positions; the fixture has 40
+    assert isinstance(" ".join(s.text for s in segments), str) and info.duration > 0
+    # A float32 conversion decodes the same greedy ids as transformers.
+    exact = export_whisper_ct2(tiny_whisper_dir, tmp_path / "ct2_fp32", quantization="float32")
+    ct2 = ctranslate2.models.Whisper(str(exact), device="cpu", compute_type="float32", intra_threads=1)
+    feats = ctranslate2.StorageView.from_array(teacher.features(audios))
+    prompt = teacher.prompt_ids(None)
+    results = ct2.generate(feats, [prompt] * len(audios), beam_size=1, max_length=40, return_scores=False,
+                           suppress_blank=True, suppress_tokens=list(teacher.model.generation_config.suppress_tokens))
+    got = [teacher._strip(r.sequences_ids[0], prompt) for r in results]
+    assert got == teacher.generate_token_ids(audios, batch_size=len(audios))
