@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m speechkd demo
+	PY=$(PY) bash recipes/demo/run.sh
 
 test: $(STAMP)
 	$(PY) -m pytest -q -ra tests

@@ -2,7 +2,7 @@
 #
 # Kaldi-style options: every variable a recipe defines before sourcing this file can be set from the
 # command line as `--name value` or `--name=value` (dashes or underscores), e.g. `--stage 3`,
-# `--stop-stage=5`, `--teacher bundled:base`. Each stage runs once: it leaves `$exp/.done/<stage>`
+# `--stop-stage=5`, `--teacher bundled:base`. Each stage runs once: it leaves `$exp/.done/<N>.<name>`
 # when it succeeds and is skipped on re-runs, so a recipe killed at any point resumes where it stopped
 # (the library commands themselves resume inside a stage: labelling and training are resumable).
 

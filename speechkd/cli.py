@@ -109,10 +109,52 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from speechkd.demo import DemoConfig, run_demo
+def parse_sets(items: list[str] | None) -> dict:
+    """`--set train.max_steps=200 --set student.decoder_layers=2` -> nested dict (values parsed as YAML)."""
+    import yaml
 
-    run_demo(config_from_args(DemoConfig, args), args.out)
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.max_steps=200")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def merge_nested(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, merging mappings at every depth (so one --set key keeps its siblings)."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge_nested(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from speechkd.config import from_dict, to_dict
+    from speechkd.train import RunConfig, train
+
+    base = merge_nested(to_dict(config_from_args(RunConfig, args)), parse_sets(args.set))
+    cfg = from_dict(RunConfig, base, where=str(args.config or "command line"))
+    final = train(cfg, args.out, progress=not args.quiet)
+    print(f"student saved to {final}; metrics: {Path(args.out) / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from speechkd.evaluate import format_table
+
+    rows = []
+    for run in args.runs:
+        path = run / "results.json" if run.is_dir() else run
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; run `speechkd eval --out {run}` first")
+        rows.append(json.loads(path.read_text()))
+    print(format_table(rows))
     return 0
 
 
@@ -123,7 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"speechkd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    from speechkd.demo import DemoConfig
     from speechkd.evaluate import EvalConfig
     from speechkd.label import LabelConfig
     from speechkd.synth import SynthConfig
@@ -156,10 +197,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(f, FilterConfig)
     f.set_defaults(func=cmd_filter)
 
-    d = sub.add_parser("demo", help="the whole pipeline on the embedded default data")
-    d.add_argument("--out", type=Path, default=Path("exp/demo"))
-    add_config_args(d, DemoConfig)
-    d.set_defaults(func=cmd_demo)
+    from speechkd.train import RunConfig
+
+    t = sub.add_parser("train", help="distil a student (any method, any student type); resumes when re-run")
+    t.add_argument("--out", required=True, type=Path, help="run folder: config.yaml, checkpoints/, final/, log/")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a nested config value, e.g. --set train.max_steps=200 (repeatable)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(t, RunConfig)
+    t.set_defaults(func=cmd_train)
+
+    from speechkd.students.whisper import add_student_parser
+
+    add_student_parser(sub)
+
+    from speechkd.export.cli import add_export_parser, add_verify_parser
+
+    add_export_parser(sub)
+    add_verify_parser(sub)
+
+    r = sub.add_parser("report", help="one table (WER, RTF, parameters, MB) from several `speechkd eval` runs")
+    r.add_argument("runs", nargs="+", type=Path, help="eval run folders (or their results.json)")
+    r.set_defaults(func=cmd_report)
+
     return p
 
 
@@ -173,8 +233,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from speechkd.filters import FilterError
 
+    from speechkd.students import StudentError
+    from speechkd.train import TrainingError
+
     known: tuple[type[BaseException], ...] = (ConfigError, DataError, AudioError, FileNotFoundError, LabelError,
-                                              EspeakError, FilterError)
+                                              EspeakError, FilterError, TrainingError, StudentError)
     try:
         from speechkd.teachers import TeacherLoadError
 
