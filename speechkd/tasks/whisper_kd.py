@@ -41,6 +41,9 @@ class Config:
     temperature: float = 2.0
     freeze_encoder: bool | None = None  # None: freeze exactly when the student keeps the teacher's whole encoder
     cache_encoder: bool = True  # cache the (frozen) teacher encoder output per window on disk
+    # Where: None = <run>/encoder_cache. Entries are keyed by teacher weights + window contents, so runs on
+    # the same labels (e.g. students of different sizes) can share one folder safely.
+    cache_dir: str | None = None
     encoder_loss_weight: float = 0.0  # > 0: also match the teacher's encoder output (students with fewer encoder layers)
     timestamp_probability: float = 0.2  # share of windows trained with timestamp targets
     pack: bool = True  # concatenate clips into windows of up to 30 s
@@ -178,7 +181,8 @@ class WhisperKDTask:
         return self.timestamp_begin + int(round(min(seconds, WINDOW_SECONDS) / TIMESTAMP_SECONDS))
 
     def _encoder_output(self, key: str, samples: np.ndarray) -> torch.Tensor:
-        cache = self.run_dir / CACHE_DIR / (hashlib.sha1(f"{self.teacher.revision}|{key}".encode()).hexdigest() + ".npy")
+        root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run_dir / CACHE_DIR
+        cache = root / (hashlib.sha1(f"{self.teacher.revision}|{key}".encode()).hexdigest() + ".npy")
         if self.cfg.cache_encoder and cache.is_file():
             return torch.from_numpy(np.load(cache).astype(np.float32))
         feats = torch.from_numpy(self.teacher.features([samples]))

@@ -1,0 +1,110 @@
+"""Exported students: file size, speed and WER of PyTorch fp32 vs ONNX fp32 vs ONNX int8 (on-device runtime).
+
+Usage:
+    .venv/bin/python benchmarks/export.py                 # after ctc_students.py and whisper_student.py
+    .venv/bin/python benchmarks/export.py --max-test 100
+
+Takes the students trained by benchmarks/ctc_students.py and benchmarks/whisper_student.py (it does not
+train), exports each with `speechkd.export` (CTC: fp32, dynamic int8 and static QDQ int8 calibrated on the
+synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and dynamic int8), and evaluates every
+variant on the same held-out test utterances with 2 threads: PyTorch through the student's recogniser,
+ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device).
+Goal: int8 >= 3.5x smaller than fp32, >= 1.5x faster than PyTorch fp32, WER within +0.5 of PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, provenance, update_section  # noqa: E402
+
+WORK = ROOT / "exp" / "bench_students"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-test", type=int, default=40, help="utterances per held-out test set")
+    args = ap.parse_args()
+
+    import torch
+
+    from speechkd.data import open_data
+    from speechkd.evaluate import RuntimeRecognizer, WhisperRecognizer, evaluate
+    from speechkd.export.ctc import ExportConfig, export_student
+    from speechkd.metrics import bytes_on_disk
+    from speechkd.students import student_recognizer
+    from speechkd.teachers import load_whisper
+
+    torch.set_num_threads(2)
+    t_all = time.perf_counter()
+    students = {p.parent.name: p for p in sorted((WORK / "ctc").glob("*/final"))}
+    whisper = WORK / "whisper" / "dec2_filtered" / "final"
+    if whisper.is_dir():
+        students["whisper dec2 filtered"] = whisper
+    if not students:
+        raise SystemExit(f"no trained students under {WORK}; run benchmarks/ctc_students.py and whisper_student.py")
+    tests = {p.name.removesuffix("_test.jsonl"): p for p in sorted(WORK.glob("*_test.jsonl"))}
+    tests = {"synthetic": WORK / "corpus" / "test.jsonl", **tests}
+    utts = {k: open_data(v, require_text=True)[: args.max_test] for k, v in tests.items()}
+    calibration = str(WORK / "corpus" / "dev.jsonl")
+    rows = []
+    for name, student_dir in students.items():
+        out = WORK / "onnx" / name.replace(" ", "_")
+        is_whisper = name.startswith("whisper ")
+        cfg = ExportConfig(quantize=("dynamic",) if is_whisper else ("dynamic", "static"), calibration=None if is_whisper
+                           else calibration, num_threads=2)
+        export_student(student_dir, out, cfg)
+        config = json.loads((out / "config.json").read_text())
+        if is_whisper:
+            variants = {"PyTorch fp32": WhisperRecognizer(load_whisper(student_dir), backend="transformers")}
+            variants.update({f"ONNX {v}": RuntimeRecognizer(out, variant=v, num_threads=2) for v in config["files"]})
+        else:
+            variants = {"PyTorch fp32": student_recognizer(student_dir, batch_size=8)}
+            variants.update({f"ONNX {k}": RuntimeRecognizer(out, variant=f, num_threads=2)
+                             for k, f in config["onnx"].items()})
+        for label, rec in variants.items():
+            size = rec.size_bytes() if label.startswith("ONNX") else bytes_on_disk(sorted(student_dir.glob("*.safetensors")))
+            for test_name, items in utts.items():
+                r = evaluate(rec, items, batch_size=8)
+                rows.append({"student": name, "variant": label, "test": test_name, "wer": r["wer"],
+                             "seconds": r["processing_seconds"], "audio_s": r["audio_seconds"], "bytes": size})
+                print(rows[-1], flush=True)
+    result = {"rows": rows, "max_test": args.max_test, "total_seconds": round(time.perf_counter() - t_all, 1)}
+    (WORK / "export.json").write_text(json.dumps(result, indent=2))
+    update_section("export", report(result))
+
+
+def report(result: dict) -> str:
+    rows = result["rows"]
+    tests = list(dict.fromkeys(r["test"] for r in rows))
+    lines = [
+        "### Export: PyTorch vs ONNX fp32 vs int8 (torch-free runtime)",
+        "",
+        provenance(),
+        f"{result['total_seconds'] / 60:.0f} min, after the two student benchmarks; up to {result['max_test']} utterances per test set, 2 threads.",
+        "",
+        "| student | variant | MB | size vs fp32 | speed vs PyTorch | " + " | ".join(f"WER {t}" for t in tests) + " |",
+        "|---|---|---|---|---|" + "---|" * len(tests),
+    ]
+    for student in dict.fromkeys(r["student"] for r in rows):
+        mine = [r for r in rows if r["student"] == student]
+        secs = {v: sum(r["seconds"] for r in mine if r["variant"] == v) for v in dict.fromkeys(r["variant"] for r in mine)}
+        size = {r["variant"]: r["bytes"] for r in mine}
+        fp32 = next((v for v in size if v.startswith("ONNX") and ("fp32" in v)), None)
+        for v in secs:
+            wers = " | ".join(f"{r['wer']:.2f}" for r in mine if r["variant"] == v)
+            ratio = f"{size[fp32] / size[v]:.2f}×" if fp32 and size[v] else "—"
+            lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs['PyTorch fp32'] / secs[v]:.2f}× | {wers} |")
+    lines += ["", "Size vs fp32 compares with the ONNX fp32 file; speed = PyTorch fp32 seconds / variant seconds on the "
+              "same utterances (dynamic-int8 CTC graphs run one utterance per call: their activation scales would "
+              "otherwise depend on the batch's padding)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

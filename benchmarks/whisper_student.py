@@ -1,0 +1,155 @@
+"""Distil-Whisper students of bundled base: WER, speed and size vs the teacher, filtered vs unfiltered labels.
+
+Usage:
+    .venv/bin/python benchmarks/whisper_student.py            # full run (~45-60 min on 2 CPU cores)
+    .venv/bin/python benchmarks/whisper_student.py --quick    # tiny settings, for tests (no BENCHMARKS.md)
+    .venv/bin/python benchmarks/whisper_student.py --steps 200 --max-test 100
+
+Data (benchmarks/student_data.py): >= 2 h of synthetic speech + 80 % of the real sets, labelled by base,
+label-free filtered (keep 80 %). Students, all initialised from base and trained with `speechkd.train`:
+  * dec2 filtered   - full frozen encoder (outputs cached), 2 decoder layers, KL + CE on the kept labels;
+  * dec2 unfiltered - the same on all labels (the filter's ablation);
+  * enc3-dec2       - 3 of 6 encoder layers (trained, with an encoder-output loss) + 2 decoder layers.
+Evaluation: teacher and students in the same runtime (transformers fp32 greedy, batch 8, 2 threads; and
+CTranslate2 int8 for the teacher and dec2 filtered) on the held-out synthetic test split and the held-out
+20 % of each real set (at most --max-test utterances each). Speculative decoding: base with dec2 filtered
+as its assistant on --n-spec clips, one clip at a time (what HF supports), vs base greedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, provenance, update_section  # noqa: E402
+from student_data import prepare, teacher as teacher_spec  # noqa: E402
+
+
+def students(steps: int, quick: bool) -> dict[str, dict]:
+    base = {"batch_size": 2 if quick else 8, "lr": 2e-4, "warmup_steps": 2 if quick else 10, "save_every": 50,
+            "log_every": 5, "num_threads": 2}
+    return {
+        "dec2 filtered": dict(labels="kept", student={"decoder_layers": 2}, method_config={}, train={**base, "max_steps": steps}),
+        "dec2 unfiltered": dict(labels="labels", student={"decoder_layers": 2}, method_config={},
+                                train={**base, "max_steps": steps}),
+        "enc3-dec2 filtered": dict(labels="kept", student={"encoder_layers": 3, "decoder_layers": 2},
+                                   method_config={"encoder_loss_weight": 1.0},
+                                   train={**base, "max_steps": max(2, steps // 2)}),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a measurement)")
+    ap.add_argument("--work", type=Path, default=None, help="data/run folder (default exp/bench_students[_quick])")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps for the dec2 students (enc3: half)")
+    ap.add_argument("--max-test", type=int, default=None, help="utterances per held-out test set")
+    ap.add_argument("--n-spec", type=int, default=None, help="clips for the speculative-decoding comparison")
+    args = ap.parse_args()
+    steps = args.steps or (2 if args.quick else 150)
+    max_test = args.max_test or (4 if args.quick else 60)
+    n_spec = args.n_spec or (2 if args.quick else 20)
+
+    import torch
+
+    from speechkd.config import from_dict
+    from speechkd.data import decode, open_data
+    from speechkd.evaluate import WhisperRecognizer, evaluate
+    from speechkd.students.whisper import compare_speculative
+    from speechkd.teachers import load_whisper
+    from speechkd.train import RunConfig, train
+
+    torch.set_num_threads(2)
+    t_all = time.perf_counter()
+    data = prepare(args.quick, args.work)
+    work = data["work"]
+    finals, train_s = {}, {}
+    for name, spec in students(steps, args.quick).items():
+        run = from_dict(RunConfig, {"method": "whisper_kd", "labels": str(data[spec["labels"]]),
+                                    "teacher": teacher_spec(args.quick),
+                                    "student_type": "whisper", "student": spec["student"],
+                                    "method_config": spec["method_config"], "train": spec["train"]})
+        t0 = time.perf_counter()
+        finals[name] = train(run, work / "whisper" / name.replace(" ", "_"))
+        train_s[name] = round(time.perf_counter() - t0, 1)
+
+    tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
+    teacher = load_whisper(teacher_spec(args.quick), cpu_threads=2, compute_type="int8")
+    models = {"teacher": teacher, **{n: load_whisper(d, cpu_threads=2, compute_type="int8") for n, d in finals.items()}}
+    rows = []
+    runtimes = [("transformers", list(models)), ("ctranslate2", ["teacher", "dec2 filtered"])]
+    for backend, names in runtimes:
+        for name in names:
+            rec = WhisperRecognizer(models[name], backend=backend, batch_size=8)
+            for test_name, utts in tests.items():
+                r = evaluate(rec, utts, batch_size=8)
+                rows.append({"model": name, "runtime": backend, "test": test_name, "wer": r["wer"],
+                             "seconds": r["processing_seconds"], "audio_s": r["audio_seconds"], "rtf": r["rtf"],
+                             "params": r["num_parameters"], "n": r["num_utterances"]})
+                print(rows[-1], flush=True)
+
+    spec_audio = [decode(u) for u in tests["synthetic"][: n_spec // 2]]
+    spec_audio += [decode(u) for name, utts in tests.items() if name != "synthetic" for u in utts[: n_spec // 4]]
+    spec = compare_speculative(teacher, finals["dec2 filtered"], spec_audio)
+    result = {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items() if k != "tests"},
+              "steps": steps, "train_seconds": train_s, "rows": rows, "speculative": spec,
+              "total_seconds": round(time.perf_counter() - t_all, 1)}
+    out = work / "whisper_student.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2, default=str))
+    if not args.quick:
+        update_section("whisper_student", report(result, args))
+
+
+def report(result: dict, args) -> str:
+    rows, data = result["rows"], result["data"]
+    tests = list(dict.fromkeys(r["test"] for r in rows))
+
+    def cell(model, runtime, test, key):
+        for r in rows:
+            if (r["model"], r["runtime"], r["test"]) == (model, runtime, test):
+                return r[key]
+        return None
+
+    lines = [
+        "### Distil-Whisper students (teacher: bundled base)",
+        "",
+        provenance(),
+        f"{result['total_seconds'] / 60:.0f} min in all (data preparation, cached in exp/bench_students/, took "
+        f"{data['prepare_s'] / 60:.0f} min of it; a first run labels 3.35 h with base, ~15-30 min here). Training audio {data['train_hours']} h "
+        f"({data['synth_train_hours']} h synthetic + the 80 % train part of each real set), {data['n_train']} "
+        f"utterances labelled by base; label-free filter keeps {data['n_kept']}. Students trained "
+        f"{result['steps']} steps (enc3: half) of 8 packed 30-s windows; training time "
+        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["train_seconds"].items()) + ".",
+        "",
+        "| model | runtime | " + " | ".join(f"WER {t}" for t in tests) + " | speed vs teacher | params (M) |",
+        "|---|---|" + "---|" * len(tests) + "---|---|",
+    ]
+    for runtime in dict.fromkeys(r["runtime"] for r in rows):
+        base_s = sum(cell("teacher", runtime, t, "seconds") for t in tests)
+        for model in dict.fromkeys(r["model"] for r in rows if r["runtime"] == runtime):
+            secs = sum(cell(model, runtime, t, "seconds") for t in tests)
+            wers = " | ".join(f"{cell(model, runtime, t, 'wer'):.2f}" for t in tests)
+            params = cell(model, runtime, tests[0], "params")
+            lines.append(f"| {model} | {runtime} | {wers} | {base_s / secs:.2f}× | {params / 1e6:.1f} |")
+    s = result["speculative"]
+    n = {t: cell("teacher", "transformers", t, "n") for t in tests}
+    lines += [
+        "",
+        "Test utterances: " + ", ".join(f"{t} {n[t]}" for t in tests) + ". WER in %, Whisper English normaliser; speed = "
+        "teacher seconds / model seconds over all test sets in the same runtime (2 threads, batch 8).",
+        "",
+        f"Speculative decoding (base + dec2 filtered as `assistant_model`, batch 1, {s['num_clips']} clips): "
+        f"{s['identical']}/{s['num_clips']} transcripts identical to base greedy; {s['speedup']:.2f}× the speed of "
+        f"base greedy at batch 1 (teacher {s['teacher_seconds']:.1f} s, speculative {s['speculative_seconds']:.1f} s, "
+        f"student alone {s['student_seconds']:.1f} s).",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""The student benchmark's --quick mode runs end to end (tiny settings: a smoke test of the script, not a measurement)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_whisper_student_benchmark_quick(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whisper_student.py"), "--quick", "--work",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "whisper_student.json").read_text())
+    assert {r["model"] for r in result["rows"]} == {"teacher", "dec2 filtered", "dec2 unfiltered", "enc3-dec2 filtered"}
+    assert all(0 <= r["wer"] for r in result["rows"]) and result["data"]["n_kept"] < result["data"]["n_train"]
+    # Speculative decoding reproduces the teacher's greedy transcripts.
+    assert result["speculative"]["identical"] == result["speculative"]["num_clips"] > 0
