@@ -39,7 +39,7 @@ def test_required_data_is_asked_for():
 def test_demo_recipe_end_to_end_reduced(tmp_path):
     """Synthesise -> label -> filter -> train -> eval -> int8 ONNX -> torch-free runtime -> table, on tiny.en."""
     exp = tmp_path / "demo"
-    args = ["--exp", str(exp), "--num-utterances", "40", "--steps", "120", "--threads", "2"]
+    args = ["--exp", str(exp), "--num-utterances", "40", "--steps", "200", "--threads", "2"]
     proc = run_recipe("demo", *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
