@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, update_section  # noqa: E402
-from student_data import prepare, teacher as teacher_spec  # noqa: E402
+from student_data import prepare, teacher as teacher_spec, training_seconds  # noqa: E402
 
 
 def students(steps: int, quick: bool, teacher: str) -> dict[str, dict]:
@@ -73,9 +73,8 @@ def main() -> None:
     for name, spec in plan.items():
         run = from_dict(RunConfig, {"method": "ctc", "labels": str(data["kept"]), "teacher": teacher,
                                     "student_type": name, "student": spec["student"], "train": spec["train"]})
-        t0 = time.perf_counter()
         finals[name] = train(run, work / "ctc" / name)
-        train_s[name] = round(time.perf_counter() - t0, 1)
+        train_s[name] = training_seconds(finals[name].parent)
 
     tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
     recognizers = {"teacher (faster-whisper int8)": WhisperRecognizer(

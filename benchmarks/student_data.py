@@ -36,6 +36,14 @@ def held_out(uid: str) -> bool:
     return int(hashlib.sha1(uid.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < TEST_SHARE
 
 
+def training_seconds(run_dir: Path) -> float:
+    """Wall time of the training loop as logged by it (a rerun that finds the student trained takes ~0 s)."""
+    from speechkd.io import read_jsonl
+
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "elapsed_s" in r]
+    return rows[-1]["elapsed_s"] if rows else 0.0
+
+
 def prepare(quick: bool = False, work: Path | None = None) -> dict:
     from speechkd.data import open_data
     from speechkd.filters import FilterConfig, run_filter

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, provenance, update_section  # noqa: E402
-from student_data import prepare, teacher as teacher_spec  # noqa: E402
+from student_data import prepare, teacher as teacher_spec, training_seconds  # noqa: E402
 
 
 def students(steps: int, quick: bool) -> dict[str, dict]:
@@ -73,9 +73,8 @@ def main() -> None:
                                     "teacher": teacher_spec(args.quick),
                                     "student_type": "whisper", "student": spec["student"],
                                     "method_config": spec["method_config"], "train": spec["train"]})
-        t0 = time.perf_counter()
         finals[name] = train(run, work / "whisper" / name.replace(" ", "_"))
-        train_s[name] = round(time.perf_counter() - t0, 1)
+        train_s[name] = training_seconds(finals[name].parent)
 
     tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
     teacher = load_whisper(teacher_spec(args.quick), cpu_threads=2, compute_type="int8")
