@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_whisper_student_benchmark_quick(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whisper_student.py"), "--quick", "--work",
-                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "whisper_student.json").read_text())
-    assert {r["model"] for r in result["rows"]} == {"teacher", "dec2 filtered", "dec2 unfiltered", "enc3-dec2 filtered"}
+    assert {r["model"] for r in result["rows"]} == {"teacher", "dec2 filtered", "dec2 unfiltered"}
     assert all(0 <= r["wer"] for r in result["rows"]) and result["data"]["n_kept"] < result["data"]["n_train"]
     # Speculative decoding reproduces the teacher's greedy transcripts.
     assert result["speculative"]["identical"] == result["speculative"]["num_clips"] > 0

@@ -22,7 +22,7 @@ teacher=bundled:tiny.en
 data=
 test=
 num_utterances=400
-steps=400
+steps=300
 keep_fraction=0.8
 threads=2
 
