@@ -529,19 +529,3 @@ def convert_hf_to_ct2(hf_dir: Path, out: Path, quantization: str | None = None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise TeacherLoadError(f"could not convert {hf_dir} to CTranslate2 ({type(e).__name__}: {e})") from e
     return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
-        TransformersConverter(str(hf_dir), copy_files=copy).convert(str(tmp), force=True)
-        if not (tmp / TOKENIZER_FILE).is_file():
-            raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion")
-        atomic_write_json(tmp / CT2_CONVERSION_MARKER, {"source": str(hf_dir.resolve())})
-        replace_dir(tmp, out)
-    except TeacherLoadError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise TeacherLoadError(f"could not convert {hf_dir} to CTranslate2 ({type(e).__name__}: {e})") from e
-    return out
