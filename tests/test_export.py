@@ -259,3 +259,33 @@ def test_runtime_refuses_inconsistent_export_dirs(tmp_path):
     (d / "config.json").unlink()
     with pytest.raises(ModelDirError, match="no config.json"):
         CtcModel(d)
+
+
+def test_weight_only_int8_shrinks_large_fp32_weights_and_keeps_outputs(exported, synth_corpus, tmp_path):
+    """Conv kernels / position tables the quantiser leaves fp32 are stored int8 behind DequantizeLinear."""
+    import onnxruntime as ort
+
+    from speechkd.export.quantize import store_weights_int8
+
+    kind, _, root, config = exported
+    src = root / "onnx" / config["onnx"]["fp32"]
+    path = tmp_path / "model.onnx"
+    shutil.copy(src, path)
+    big = {t.name: int(np.prod(t.dims)) for t in onnx.load(str(path)).graph.initializer
+           if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= 512 and len(t.dims) >= 2}
+    floats = set(big)
+    done = store_weights_int8(path, min_elements=512)  # tiny models: lower the size bar so every matrix counts
+    assert set(done) == floats and floats
+    assert path.stat().st_size < src.stat().st_size - 2.5 * sum(big.values())  # 4 bytes -> 1 (+ scales)
+    graph = onnx.load(str(path)).graph
+    assert not {t.name for t in graph.initializer} & floats
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == len(floats)
+
+    feats = corpus_features(config["frontend"], synth_corpus, n=2)
+    runs = []
+    for p in (src, path):
+        sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        runs.append([sess.run(None, {"x": f[None], "x_lens": np.array([len(f)])})[0][0] for f in feats])
+    for a, b in zip(*runs):
+        assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9
+        assert np.abs(a - b).max() < 0.5 * np.abs(a).max()

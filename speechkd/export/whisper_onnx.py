@@ -204,13 +204,16 @@ def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
     """int8 dynamic quantisation (weights int8, activations quantised per call) of MatMul and Gather."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from speechkd.export.quantize import store_weights_int8
+
     out = {}
     for role, name in files.items():
         target = name.replace(".onnx", INT8_SUFFIX)
-        # The encoder's convolutions stay float: ConvInteger has no CPU kernel in onnxruntime for all
-        # shapes, and the conv front end is a small share of the encoder's time.
+        # The encoder's convolutions compute in float (ConvInteger has no CPU kernel in onnxruntime for all
+        # shapes, and the conv front end is a small share of the encoder's time); their weights are stored int8.
         quantize_dynamic(str(out_dir / name), str(out_dir / target), weight_type=QuantType.QInt8,
                          op_types_to_quantize=["MatMul", "Gather"])
+        store_weights_int8(out_dir / target)  # conv kernels and position tables, weight-only
         out[role] = target
     return out
 
