@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
@@ -18,6 +19,7 @@ import yaml
 from speechkd.io import atomic_write_text
 
 T = TypeVar("T")
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 class ConfigError(ValueError):
@@ -67,6 +69,9 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         raise ConfigError(f"{where}: key '{key}' should be true/false, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        # PyYAML follows YAML 1.1, which reads `1e-3` (no dot) as a string; users mean the number.
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
             return float(value)
         raise ConfigError(f"{where}: key '{key}' should be a number, got {value!r}")
     if tp is int:

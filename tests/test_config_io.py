@@ -33,6 +33,16 @@ def test_yaml_roundtrip(tmp_path):
     assert load_config(Cfg, tmp_path / "c.yaml") == cfg
 
 
+def test_yaml_1_1_exponent_floats_are_numbers(tmp_path):
+    """PyYAML reads `lr: 1e-3` (no dot) as a string; a float field takes it as the number the user meant."""
+    p = tmp_path / "c.yaml"
+    p.write_text("inner:\n  lr: 1e-3\n")
+    assert load_config(Cfg, p).inner.lr == 1e-3
+    p.write_text("inner:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="should be a number"):
+        load_config(Cfg, p)
+
+
 @pytest.mark.parametrize(
     "text,needle",
     [("stepz: 3", "unknown key"), ("steps: two", "integer"), ("mode: c", "choose one of"),
