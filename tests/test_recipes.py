@@ -39,8 +39,9 @@ def test_required_data_is_asked_for():
 def test_demo_recipe_end_to_end_reduced(tmp_path):
     """Synthesise -> label -> filter -> train -> eval -> int8 ONNX -> torch-free runtime -> table, on tiny.en."""
     exp = tmp_path / "demo"
-    args = ["--exp", str(exp), "--num-utterances", "40", "--steps", "200", "--threads", "2"]
-    proc = run_recipe("demo", *args)
+    # 200 clips (160 to train on), 250 steps: ~7 min here. Fewer clips overfit (40 clips reached WER 113 %).
+    args = ["--exp", str(exp), "--num-utterances", "200", "--steps", "250", "--threads", "2"]
+    proc = run_recipe("demo", *args, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     corpus_train = [json.loads(line) for line in (exp / "corpus" / "train.jsonl").read_text().splitlines()]
@@ -53,9 +54,8 @@ def test_demo_recipe_end_to_end_reduced(tmp_path):
     assert (exp / "student" / "final" / "speechkd_student.json").is_file()
     results = {name: json.loads((exp / "eval" / name / "results.json").read_text())
                for name in ("teacher", "student", "student_onnx_int8")}
-    # A reduced run (32 clips, 200 steps) learns characters but not yet whole words: WER can exceed 100 % through
-    # insertions, so the check is that the student transcribes something that is closer than nothing (CER < 100).
-    assert results["student"]["cer"] < 100.0 and results["student_onnx_int8"]["cer"] < 100.0
+    for name in ("student", "student_onnx_int8"):  # measured 93.7 / 93.4 % WER (CER 41 %) on the 20 test clips
+        assert results[name]["wer"] < 100.0 and results[name]["cer"] < 60.0, (name, results[name])
     assert results["student_onnx_int8"]["num_utterances"] == results["student"]["num_utterances"] > 0
     assert "int8" in results["student_onnx_int8"]["model"]
     assert "| model |" in proc.stdout and "student_onnx_int8" not in proc.stderr[-200:]
