@@ -69,8 +69,10 @@ def main() -> None:
     plan = students(steps, args.quick, teacher)
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
-    finals, train_s = {}, {}
+    finals, train_s, reused = {}, {}, []
     for name, spec in plan.items():
+        if (work / "ctc" / name / "final").is_dir():
+            reused.append(name)  # same config trained by an earlier run: train() checks it and returns at once
         run = from_dict(RunConfig, {"method": "ctc", "labels": str(data["kept"]), "teacher": teacher,
                                     "student_type": name, "student": spec["student"], "train": spec["train"]})
         finals[name] = train(run, work / "ctc" / name)
@@ -89,7 +91,7 @@ def main() -> None:
                          "n": r["num_utterances"]})
             print(rows[-1], flush=True)
     result = {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items() if k != "tests"},
-              "steps": steps, "train_seconds": train_s, "rows": rows, "total_seconds": round(time.perf_counter() - t_all, 1)}
+              "steps": steps, "train_seconds": train_s, "reused": reused, "rows": rows, "total_seconds": round(time.perf_counter() - t_all, 1)}
     (work / "ctc_students.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2, default=str))
     if not args.quick:
@@ -107,7 +109,9 @@ def report(result: dict, args) -> str:
         "### CTC students (teacher: bundled base)",
         "",
         provenance(),
-        f"{result['total_seconds'] / 60:.0f} min in all (data shared with the Whisper-student benchmark). "
+        f"{result['total_seconds'] / 60:.0f} min in all (data shared with the Whisper-student benchmark"
+        + (f"; {', '.join(result['reused'])} trained by an earlier run of the same config and reused, its "
+           "training time not in that total" if result.get("reused") else "") + "). "
         f"Trained on the {data['n_kept']} label-free-filtered pseudo-labels ({data['train_hours']} h before filtering), "
         f"{result['steps']} steps of 16 utterances each (wav2vec2_ctc: half); training time "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["train_seconds"].items()) + ".",
