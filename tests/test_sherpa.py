@@ -17,6 +17,14 @@ def export_dir(tmp_path_factory, synth_corpus):
     root = tmp_path_factory.mktemp("sherpa")
     make_student("conformer_ctc", root / "student")
     export_ctc(root / "student", root / "onnx", ExportConfig(quantize=("dynamic",)))
+    # A tiny model's matrices are all below the weight-only size bar; this copy stores every one of them as
+    # int8 + DequantizeLinear, so sherpa-onnx is shown to run that form too.
+    import shutil
+
+    from speechkd.export.quantize import store_weights_int8
+
+    shutil.copy(root / "onnx" / "model.onnx", root / "onnx" / "model.weight-only.onnx")
+    assert store_weights_int8(root / "onnx" / "model.weight-only.onnx", min_elements=256)
     return root / "onnx"
 
 
@@ -27,7 +35,7 @@ def clips(synth_corpus):
     return [decode(u) for u in read_manifest(synth_corpus / "test.jsonl") + read_manifest(synth_corpus / "dev.jsonl")]
 
 
-@pytest.mark.parametrize("model_file", ["model.onnx", "model.int8.onnx"])
+@pytest.mark.parametrize("model_file", ["model.onnx", "model.int8.onnx", "model.weight-only.onnx"])
 def test_sherpa_onnx_gives_our_transcripts(export_dir, clips, model_file):
     ours = CtcModel(export_dir, model_file=model_file, num_threads=1).transcribe(clips)
     recognizer = sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(
