@@ -125,6 +125,30 @@ def test_whisper_kd_trains_saves_and_reloads(kd_labels, tiny_whisper_dir, tmp_pa
     assert 0 < len(cache) <= 8  # 4 steps x 2 windows, fewer when an epoch revisits windows
 
 
+def test_whisper_kd_trains_a_share_of_clips_alone_and_the_rest_packed(kd_labels, tiny_whisper_dir, tmp_path):
+    from speechkd.students.whisper import create_student
+    from speechkd.tasks.whisper_kd import Config, WhisperKDTask, unit_hash
+
+    model = create_student(str(tiny_whisper_dir), decoder_layers=1)
+    run = kd_run(kd_labels, tiny_whisper_dir)
+
+    def plan(fraction):
+        task = WhisperKDTask(Config(pack=True, single_clip_fraction=fraction), run, tmp_path / str(fraction), model)
+        return [[task.utts[p.utt].id for p in w.pieces] for w in task.windows]
+
+    packed, mixed, alone = plan(0.0), plan(0.5), plan(1.0)
+    ids = sorted(i for w in alone for i in w)
+    for windows in (packed, mixed):  # every utterance exactly once per epoch, whatever the mix
+        assert sorted(i for w in windows for i in w) == ids
+    assert all(len(w) == 1 for w in alone) and any(len(w) > 1 for w in packed)
+    chosen = {i for i in ids if unit_hash(i) < 0.5}
+    assert 0 < len(chosen) < len(ids)
+    assert [[i] for i in sorted(chosen)] == sorted(w for w in mixed if w[0] in chosen)  # alone, each
+    assert any(len(w) > 1 for w in mixed)
+    with pytest.raises(ValueError, match="single_clip_fraction"):
+        Config(single_clip_fraction=1.5).validate()
+
+
 def test_whisper_kd_learns_a_fixed_batch(kd_labels, tiny_whisper_dir, tmp_path):
     """A tiny student fits a handful of windows: the loss must fall well below its start."""
     run = kd_run(kd_labels, tiny_whisper_dir, max_steps=30, lr=3e-3, batch_size=4, save_every=0, log_every=5)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +25,7 @@ import torch
 from speechkd.config import from_dict
 from speechkd.data import AudioError, SkipList, decode, open_data
 from speechkd.losses import IGNORE_INDEX, distillation_loss, hidden_state_loss
-from speechkd.packing import WINDOW_SECONDS, pack_windows
+from speechkd.packing import WINDOW_SECONDS, Window, pack_windows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class Config:
     encoder_loss_weight: float = 0.0  # > 0: also match the teacher's encoder output (students with fewer encoder layers)
     timestamp_probability: float = 0.2  # share of windows trained with timestamp targets
     pack: bool = True  # concatenate clips into windows of up to 30 s
+    # Share of utterances (picked by a hash of their id) trained alone in their window rather than packed: a
+    # student that only ever sees packed windows learns to keep talking after a short clip has ended.
+    single_clip_fraction: float = 0.0
     gap_seconds: float = 1.0
     max_pieces: int = 12
     text_field: Literal["text", "reference"] = "text"  # "reference" trains on references (supervised baseline)
@@ -56,6 +59,8 @@ class Config:
     def validate(self) -> None:
         if not 0.0 <= self.timestamp_probability <= 1.0:
             raise ValueError("timestamp_probability must be in [0, 1]")
+        if not 0.0 <= self.single_clip_fraction <= 1.0:
+            raise ValueError("single_clip_fraction must be in [0, 1]")
         if self.temperature <= 0 or self.ce_weight < 0 or self.kl_weight < 0:
             raise ValueError("temperature must be > 0 and the loss weights >= 0")
         if self.ce_weight == 0 and self.kl_weight == 0:
@@ -115,8 +120,14 @@ class WhisperKDTask:
             lengths.append(int(round(seconds * SAMPLE_RATE)))
         if not keep:
             raise ValueError(f"{self.run.labels}: no usable training utterance (see {self.skips.path})")
-        windows = pack_windows(lengths, [u.id for u in keep], sample_rate=SAMPLE_RATE, pack=self.cfg.pack,
-                               gap_seconds=self.cfg.gap_seconds, max_pieces=self.cfg.max_pieces)
+        alone = [unit_hash(u.id) < self.cfg.single_clip_fraction for u in keep]
+        windows = []
+        for solo in (False, True):
+            idx = [i for i, a in enumerate(alone) if a == solo]
+            part = pack_windows([lengths[i] for i in idx], [keep[i].id for i in idx], sample_rate=SAMPLE_RATE,
+                                pack=self.cfg.pack and not solo, gap_seconds=self.cfg.gap_seconds,
+                                max_pieces=self.cfg.max_pieces)
+            windows += [Window(tuple(replace(p, utt=idx[p.utt]) for p in w.pieces)) for w in part]
         # Order windows by their first utterance id so the item order does not depend on the packer's internals.
         windows.sort(key=lambda w: keep[w.pieces[0].utt].id)
         return windows, keep
@@ -281,3 +292,8 @@ def encoders_equal(student, teacher) -> bool:
 
 def build(run, run_dir: Path, model) -> WhisperKDTask:
     return WhisperKDTask(from_dict(Config, run.method_config, where="method_config"), run, run_dir, model)
+
+
+def unit_hash(key: str) -> float:
+    """A stable pseudo-random number in [0, 1) for `key` (independent of order, process and seed)."""
+    return int.from_bytes(hashlib.sha1(f"single-clip:{key}".encode()).digest()[:8], "big") / 2.0**64
