@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, update_section  # noqa: E402
-from student_data import prepare, teacher as teacher_spec, training_seconds  # noqa: E402
+from student_data import prepare, reuse_clause, teacher as teacher_spec, training_seconds  # noqa: E402
 
 
 def students(steps: int, quick: bool, teacher: str) -> dict[str, dict]:
@@ -110,8 +110,7 @@ def report(result: dict, args) -> str:
         "",
         provenance(),
         f"{result['total_seconds'] / 60:.0f} min in all (data shared with the Whisper-student benchmark"
-        + (f"; {', '.join(result['reused'])} trained by an earlier run of the same config and reused, its "
-           "training time not in that total" if result.get("reused") else "") + "). "
+        f"{reuse_clause(result.get('reused', []))}). "
         f"Trained on the {data['n_kept']} label-free-filtered pseudo-labels ({data['train_hours']} h before filtering), "
         f"{result['steps']} steps of 16 utterances each (wav2vec2_ctc: half); training time "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["train_seconds"].items()) + ".",

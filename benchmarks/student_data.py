@@ -44,6 +44,14 @@ def training_seconds(run_dir: Path) -> float:
     return rows[-1]["elapsed_s"] if rows else 0.0
 
 
+def reuse_clause(reused: list[str]) -> str:
+    """Words for a report's time total when some students were trained by an earlier run and only reused."""
+    if not reused:
+        return ""
+    return (f"; {', '.join(reused)} trained by an earlier run of the same config and reused, "
+            "its training time not in that total")
+
+
 def prepare(quick: bool = False, work: Path | None = None) -> dict:
     from speechkd.data import open_data
     from speechkd.filters import FilterConfig, run_filter
