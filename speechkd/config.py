@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
