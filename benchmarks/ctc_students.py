@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import provenance, update_section  # noqa: E402
-from student_data import prepare, reuse_clause, teacher as teacher_spec, training_seconds  # noqa: E402
+from student_data import prepare, reuse_clause, teacher as teacher_spec, train_students  # noqa: E402
 
 
 def students(steps: int, quick: bool, teacher: str) -> dict[str, dict]:
@@ -59,7 +59,7 @@ def main() -> None:
     from speechkd.evaluate import WhisperRecognizer, evaluate
     from speechkd.students import student_recognizer
     from speechkd.teachers import load_whisper
-    from speechkd.train import RunConfig, train
+    from speechkd.train import RunConfig
 
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -69,14 +69,11 @@ def main() -> None:
     plan = students(steps, args.quick, teacher)
     if args.only:
         plan = {k: v for k, v in plan.items() if k in args.only.split(",")}
-    finals, train_s, reused = {}, {}, []
-    for name, spec in plan.items():
-        if (work / "ctc" / name / "final").is_dir():
-            reused.append(name)  # same config trained by an earlier run: train() checks it and returns at once
-        run = from_dict(RunConfig, {"method": "ctc", "labels": str(data["kept"]), "teacher": teacher,
-                                    "student_type": name, "student": spec["student"], "train": spec["train"]})
-        finals[name] = train(run, work / "ctc" / name)
-        train_s[name] = training_seconds(finals[name].parent)
+    finals, train_s, reused = train_students({
+        name: (from_dict(RunConfig, {"method": "ctc", "labels": str(data["kept"]), "teacher": teacher,
+                                     "student_type": name, "student": spec["student"], "train": spec["train"]}),
+               work / "ctc" / name)
+        for name, spec in plan.items()})
 
     tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
     recognizers = {"teacher (faster-whisper int8)": WhisperRecognizer(

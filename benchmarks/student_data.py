@@ -44,6 +44,23 @@ def training_seconds(run_dir: Path) -> float:
     return rows[-1]["elapsed_s"] if rows else 0.0
 
 
+def train_students(runs: dict) -> tuple[dict[str, Path], dict[str, float], list[str]]:
+    """Train each (RunConfig, run_dir) of `runs` by name: final dirs, training seconds, and the names reused.
+
+    A run dir that already holds a final student of the same config was trained by an earlier run; train()
+    checks the config and returns at once, and the student is reported as reused.
+    """
+    from speechkd.train import train
+
+    finals, seconds, reused = {}, {}, []
+    for name, (run, run_dir) in runs.items():
+        if (run_dir / "final").is_dir():
+            reused.append(name)
+        finals[name] = train(run, run_dir)
+        seconds[name] = training_seconds(run_dir)
+    return finals, seconds, reused
+
+
 def reuse_clause(reused: list[str]) -> str:
     """Words for a report's time total when some students were trained by an earlier run and only reused."""
     if not reused:

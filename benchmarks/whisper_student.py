@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, provenance, update_section  # noqa: E402
-from student_data import prepare, reuse_clause, teacher as teacher_spec, training_seconds  # noqa: E402
+from student_data import prepare, reuse_clause, teacher as teacher_spec, train_students  # noqa: E402
 
 
 def students(steps: int, quick: bool) -> dict[str, dict]:
@@ -68,22 +68,19 @@ def main() -> None:
     from speechkd.evaluate import WhisperRecognizer, evaluate
     from speechkd.students.whisper import compare_speculative
     from speechkd.teachers import load_whisper
-    from speechkd.train import RunConfig, train
+    from speechkd.train import RunConfig
 
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     data = prepare(args.quick, args.work)
     work = data["work"]
-    finals, train_s, reused = {}, {}, []
-    for name, spec in students(steps, args.quick).items():
-        if (work / "whisper" / name.replace(" ", "_") / "final").is_dir():
-            reused.append(name)  # same config trained by an earlier run: train() checks it and returns at once
-        run = from_dict(RunConfig, {"method": "whisper_kd", "labels": str(data[spec["labels"]]),
-                                    "teacher": teacher_spec(args.quick),
-                                    "student_type": "whisper", "student": spec["student"],
-                                    "method_config": spec["method_config"], "train": spec["train"]})
-        finals[name] = train(run, work / "whisper" / name.replace(" ", "_"))
-        train_s[name] = training_seconds(finals[name].parent)
+    finals, train_s, reused = train_students({
+        name: (from_dict(RunConfig, {"method": "whisper_kd", "labels": str(data[spec["labels"]]),
+                                     "teacher": teacher_spec(args.quick),
+                                     "student_type": "whisper", "student": spec["student"],
+                                     "method_config": spec["method_config"], "train": spec["train"]}),
+               work / "whisper" / name.replace(" ", "_"))
+        for name, spec in students(steps, args.quick).items()})
 
     tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
     teacher = load_whisper(teacher_spec(args.quick), cpu_threads=2, compute_type="int8")
