@@ -11,8 +11,11 @@ vocabulary, SpecAugment):
   * whisper_encoder_ctc - the first 4 of base's 6 encoder layers + conv front end, real input length, CTC head;
   * conformer_ctc       - a ~6 M-parameter Conformer over 80-dim fbank, from scratch;
   * wav2vec2_ctc        - a small wav2vec2-style model over raw waveform, from scratch (only with --only).
+Each CTC student is also decoded by prefix beam search with a word trigram built from the same
+pseudo-label texts it was trained on (`speechkd lm`; no references), LM weight and word bonus chosen
+on the synthetic dev set (`speechkd.evaluate.sweep_ctc_decoding`).
 Timing: every model transcribes the same test utterances with 2 threads (CTC students: PyTorch fp32,
-batch 8; teacher: faster-whisper int8 through CTranslate2, batch 8, greedy).
+batch 8, search time included; teacher: faster-whisper int8 through CTranslate2, batch 8, greedy).
 """
 
 from __future__ import annotations
@@ -49,17 +52,19 @@ def main() -> None:
     # default run spends the budget on the two that can learn in that time; add it with --only.
     ap.add_argument("--only", default="whisper_encoder_ctc,conformer_ctc", help="comma-separated student types to run")
     args = ap.parse_args()
-    steps = args.steps or (3 if args.quick else 400)
+    steps = args.steps or (3 if args.quick else 800)
     max_test = args.max_test or (4 if args.quick else 60)
 
     import torch
 
     from speechkd.config import from_dict
     from speechkd.data import open_data
-    from speechkd.evaluate import WhisperRecognizer, evaluate
+    from speechkd.evaluate import WhisperRecognizer, evaluate, sweep_ctc_decoding
+    from speechkd.lm import DecodingLMConfig, build_decoding_lm
     from speechkd.students import student_recognizer
     from speechkd.teachers import load_whisper
     from speechkd.train import RunConfig
+    from speechkd_runtime.beam import BeamSearchOptions
 
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -79,6 +84,18 @@ def main() -> None:
     recognizers = {"teacher (faster-whisper int8)": WhisperRecognizer(
         load_whisper(teacher, cpu_threads=2, compute_type="int8"), backend="ctranslate2", batch_size=8)}
     recognizers.update({n: student_recognizer(d, batch_size=8) for n, d in finals.items()})
+    # Label-free LM: the kept pseudo-labels' text (test sentences, if any, excluded), settings tuned on dev.
+    lm_path = work / "lm" / "kept.3gram.arpa"
+    lm_info = build_decoding_lm(DecodingLMConfig(text=str(data["kept"]), exclude=tuple(map(str, data["tests"].values()))),
+                                lm_path)
+    dev = open_data(data["dev"], require_text=True)[:max_test]
+    grid = [BeamSearchOptions(lm_weight=a, word_score=b) for a in (0.2, 0.35, 0.5) for b in (1.0, 2.0, 3.0)]
+    sweeps = {}
+    for name, d in finals.items():
+        sweeps[name] = sweep_ctc_decoding(student_recognizer(d, batch_size=8), dev, lm_path, grid[:1] if args.quick else grid)
+        best = BeamSearchOptions(**{k: v for k, v in sweeps[name][0].items() if k != "wer"})
+        recognizers[f"{name} + LM"] = student_recognizer(d, batch_size=8, lm=str(lm_path), beam=best)
+        print(name, "dev sweep:", sweeps[name][:3], flush=True)
     rows = []
     for name, rec in recognizers.items():
         for test_name, utts in tests.items():
@@ -88,7 +105,8 @@ def main() -> None:
                          "n": r["num_utterances"]})
             print(rows[-1], flush=True)
     result = {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items() if k != "tests"},
-              "steps": steps, "train_seconds": train_s, "reused": reused, "rows": rows, "total_seconds": round(time.perf_counter() - t_all, 1)}
+              "steps": steps, "train_seconds": train_s, "reused": reused, "lm": lm_info, "dev_n": len(dev),
+              "sweeps": sweeps, "rows": rows, "total_seconds": round(time.perf_counter() - t_all, 1)}
     (work / "ctc_students.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2, default=str))
     if not args.quick:
@@ -124,6 +142,17 @@ def report(result: dict, args) -> str:
     lines += ["", "Test utterances: " + ", ".join(f"{t} {by[(teacher, t)]['n']}" for t in tests)
               + ". WER in %, Whisper English normaliser on both sides; speed = teacher seconds / model seconds on "
               "the same utterances. Goal: >= 10x faster than the teacher at WER <= teacher + 3 on synthetic."]
+    lm = result["lm"]
+    lines += ["", f"\"+ LM\": CTC prefix beam search (speechkd_runtime.beam) with a word trigram from the {lm['sentences']} "
+              f"kept pseudo-labels' text ({lm['words']} words, {lm['vocabulary']} distinct; built by `speechkd lm`, "
+              f"{lm['excluded']} sentences equal to a test reference dropped). Settings chosen on "
+              f"{result['dev_n']} synthetic dev utterances (dev WER, best first):", ""]
+    lines += ["| student | beam | LM weight | word score | unk score | dev WER (best) | dev WER (worst of grid) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, sweep in result["sweeps"].items():
+        b = sweep[0]
+        lines.append(f"| {name} | {b['beam_size']} | {b['lm_weight']} | {b['word_score']} | {b['unk_score']} | "
+                     f"{b['wer']:.2f} | {sweep[-1]['wer']:.2f} |")
     return "\n".join(lines)
 
 

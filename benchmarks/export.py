@@ -8,7 +8,9 @@ Takes the students trained by benchmarks/ctc_students.py and benchmarks/whisper_
 train), exports each with `speechkd.export` (CTC: fp32, dynamic int8 and static QDQ int8 calibrated on the
 synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and dynamic int8), and evaluates every
 variant on the same held-out test utterances with 2 threads: PyTorch through the student's recogniser,
-ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device).
+ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device). CTC students are also
+run with the word-trigram beam search benchmarks/ctc_students.py built and tuned (PyTorch fp32 + LM vs
+ONNX int8 + LM), when its results are there.
 Goal: int8 >= 3.5x smaller than fp32, >= 1.5x faster than PyTorch fp32, WER within +0.5 of PyTorch.
 """
 
@@ -39,6 +41,7 @@ def main() -> None:
     from speechkd.metrics import bytes_on_disk
     from speechkd.students import student_recognizer
     from speechkd.teachers import load_whisper
+    from speechkd_runtime.beam import BeamSearchOptions
 
     torch.set_num_threads(2)
     t_all = time.perf_counter()
@@ -52,6 +55,12 @@ def main() -> None:
     tests = {"synthetic": WORK / "corpus" / "test.jsonl", **tests}
     utts = {k: open_data(v, require_text=True)[: args.max_test] for k, v in tests.items()}
     calibration = str(WORK / "corpus" / "dev.jsonl")
+    lm_setup = {}  # CTC student -> (ARPA, tuned beam options), from benchmarks/ctc_students.py
+    ctc_result = WORK / "ctc_students.json"
+    if ctc_result.is_file():
+        res = json.loads(ctc_result.read_text())
+        for name, sweep in res.get("sweeps", {}).items():
+            lm_setup[name] = (res["lm"]["arpa"], BeamSearchOptions(**{k: v for k, v in sweep[0].items() if k != "wer"}))
     rows = []
     for name, student_dir in students.items():
         out = WORK / "onnx" / name.replace(" ", "_")
@@ -67,6 +76,11 @@ def main() -> None:
             variants = {"PyTorch fp32": student_recognizer(student_dir, batch_size=8)}
             variants.update({f"ONNX {k}": RuntimeRecognizer(out, variant=f, num_threads=2)
                              for k, f in config["onnx"].items()})
+            if name in lm_setup:
+                arpa, beam = lm_setup[name]
+                variants["PyTorch fp32 + LM"] = student_recognizer(student_dir, batch_size=8, lm=arpa, beam=beam)
+                variants["ONNX int8-dynamic + LM"] = RuntimeRecognizer(out, variant=config["onnx"]["int8-dynamic"],
+                                                                       num_threads=2, lm=arpa, beam=beam)
         for label, rec in variants.items():
             size = rec.size_bytes() if label.startswith("ONNX") else bytes_on_disk(sorted(student_dir.glob("*.safetensors")))
             for test_name, items in utts.items():
@@ -99,10 +113,13 @@ def report(result: dict) -> str:
         for v in secs:
             wers = " | ".join(f"{r['wer']:.2f}" for r in mine if r["variant"] == v)
             ratio = f"{size[fp32] / size[v]:.2f}×" if fp32 and size[v] else "—"
-            lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs['PyTorch fp32'] / secs[v]:.2f}× | {wers} |")
-    lines += ["", "Size vs fp32 compares with the ONNX fp32 file; speed = PyTorch fp32 seconds / variant seconds on the "
-              "same utterances (dynamic-int8 CTC graphs run one utterance per call: their activation scales would "
-              "otherwise depend on the batch's padding)."]
+            base = "PyTorch fp32 + LM" if v.endswith("+ LM") else "PyTorch fp32"
+            lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs[base] / secs[v]:.2f}× | {wers} |")
+    lines += ["", "Size vs fp32 compares with the ONNX fp32 file (the LM file is not counted); speed = PyTorch fp32 "
+              "seconds / variant seconds on the same utterances, \"+ LM\" rows against PyTorch fp32 + LM (search "
+              "time included). Dynamic-int8 CTC graphs run one utterance per call: their activation scales would "
+              "otherwise depend on the batch's padding. \"+ LM\": the trigram and settings of the CTC-student "
+              "benchmark."]
     return "\n".join(lines)
 
 

@@ -80,6 +80,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm(args: argparse.Namespace) -> int:
+    from speechkd.lm import DecodingLMConfig, build_decoding_lm
+
+    summary = build_decoding_lm(config_from_args(DecodingLMConfig, args), args.out)
+    print(json.dumps(summary, indent=2))
+    print(f"use it: speechkd eval --model CTC_STUDENT --data D --lm {args.out}  (or speechkd export --lm {args.out})")
+    return 0
+
+
 def cmd_label(args: argparse.Namespace) -> int:
     from speechkd.label import LabelConfig, labels_to_dataset, run_label
     from speechkd.runlog import setup_logging
@@ -197,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(f, FilterConfig)
     f.set_defaults(func=cmd_filter)
 
+    from speechkd.lm import DecodingLMConfig
+
+    lm = sub.add_parser("lm", help="word n-gram (Kneser-Ney, ARPA) from pseudo-labels or text, for CTC beam search")
+    lm.add_argument("--out", required=True, type=Path, help="ARPA file to write (its config is saved beside it)")
+    add_config_args(lm, DecodingLMConfig)
+    lm.set_defaults(func=cmd_lm)
+
     from speechkd.train import RunConfig
 
     t = sub.add_parser("train", help="distil a student (any method, any student type); resumes when re-run")
@@ -232,12 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     from speechkd.synth import EspeakError
 
     from speechkd.filters import FilterError
+    from speechkd.lm import LMError
+    from speechkd_runtime.ngram import ArpaError
 
     from speechkd.students import StudentError
     from speechkd.train import TrainingError
 
     known: tuple[type[BaseException], ...] = (ConfigError, DataError, AudioError, FileNotFoundError, LabelError,
-                                              EspeakError, FilterError, TrainingError, StudentError)
+                                              EspeakError, FilterError, TrainingError, StudentError, LMError,
+                                              ArpaError)
     try:
         from speechkd.teachers import TeacherLoadError
 

@@ -8,6 +8,7 @@ warm-up call, with the thread count recorded: that is what a real-time factor me
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -17,10 +18,11 @@ from typing import Literal, Protocol, Sequence
 
 import numpy as np
 
-from speechkd.config import save_config
+from speechkd.config import ConfigError, save_config
 from speechkd.data import AudioConfig, SkipList, Utterance, iter_audio, open_data
 from speechkd.io import atomic_write_json, write_jsonl
 from speechkd.metrics import real_time_factor, score
+from speechkd_runtime.beam import BeamSearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,26 @@ class EvalConfig:
     compute_type: str = "default"  # ctranslate2 backend: default|int8|float32...
     variant: str | None = None  # ONNX export dirs: which graph (e.g. model.int8.onnx; Whisper: fp32|int8)
     warmup: bool = True
+    # CTC models: beam search with a word n-gram (an ARPA file, e.g. from `speechkd lm`). Without `lm`,
+    # decoding is greedy, or what an ONNX export's config.json ships (`speechkd export --lm`).
+    lm: str | None = None
+    beam_size: int = BeamSearchOptions.beam_size
+    lm_weight: float = BeamSearchOptions.lm_weight
+    word_score: float = BeamSearchOptions.word_score
+    unk_score: float = BeamSearchOptions.unk_score
+    greedy: bool = False  # greedy CTC decoding even when the export ships an LM
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if self.lm and self.greedy:
+            raise ValueError("lm and greedy contradict each other: drop --greedy to decode with the LM")
+        if self.lm:
+            self.beam_options().validate()
+
+    def beam_options(self) -> BeamSearchOptions:
+        return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
+                                 unk_score=self.unk_score)
         if not self.data:
             raise ValueError("data is required: an audio folder, a JSONL manifest or a saved HF dataset")
 
@@ -92,7 +110,9 @@ class RuntimeRecognizer:
     default), for Whisper exports "fp32" or "int8".
     """
 
-    def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None):
+    def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None,
+                 **ctc_decoding):
+        """ctc_decoding: CtcModel's lm / beam / greedy (CTC exports only)."""
         import speechkd_runtime
         from speechkd_runtime.ctc import read_config
 
@@ -106,9 +126,12 @@ class RuntimeRecognizer:
             self.files = [self.model_dir / f for f in (files.values() if isinstance(files, dict) else files)]
             label = self.model.variant
         else:
-            self.model = speechkd_runtime.load_model(self.model_dir, model_file=variant, num_threads=num_threads)
+            self.model = speechkd_runtime.load_model(self.model_dir, model_file=variant, num_threads=num_threads,
+                                                     **ctc_decoding)
             self.files = [self.model_dir / self.model.model_file]
             label = self.model.model_file
+            if self.model.beam_search is not None:
+                label += " + LM" if self.model.beam_search.lm is not None else " beam"
         self.config = config
         self.name = f"{self.model_dir.name} [onnxruntime {label}]"
 
@@ -126,18 +149,27 @@ class RuntimeRecognizer:
 
 def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, language: str | None = "en",
                     compute_type: str = "default", num_threads: int | None = None,
-                    variant: str | None = None) -> Recognizer:
+                    variant: str | None = None, lm: str | None = None, beam: BeamSearchOptions | None = None,
+                    greedy: bool = False) -> Recognizer:
     """Resolve a model spec into a Recognizer: a saved student dir, an ONNX export dir (run by the on-device
-    runtime; `variant` picks fp32/int8), or a Whisper teacher (bundled name, HF id/dir, CTranslate2 dir)."""
+    runtime; `variant` picks fp32/int8), or a Whisper teacher (bundled name, HF id/dir, CTranslate2 dir).
+
+    CTC models decode greedily, or by beam search with the ARPA LM `lm` (settings `beam`); an ONNX export
+    whose config.json ships an LM uses it unless `greedy` or another `lm` is given."""
     from speechkd.students import is_student_dir, read_student_file, student_recognizer
     from speechkd.teachers import load_whisper
 
     path = Path(spec)
     # Whisper students are save_pretrained dirs: they take the teacher path below, so both backends work.
     if is_student_dir(path) and read_student_file(path)[0] != "whisper":
-        return student_recognizer(path, batch_size=batch_size)
+        decoding = {"lm": lm, "beam": beam} if lm else {}
+        return student_recognizer(path, batch_size=batch_size, **decoding)
     if path.is_dir() and any(path.glob("*.onnx")) and (path / "config.json").is_file():
-        return RuntimeRecognizer(path, variant=variant, num_threads=num_threads)
+        decoding = {"lm": lm, "beam": beam} if lm else {"greedy": greedy}
+        return RuntimeRecognizer(path, variant=variant, num_threads=num_threads, **decoding)
+    if lm:
+        raise ConfigError(f"{spec}: --lm (CTC beam search) applies to CTC students and their ONNX exports only; "
+                          f"drop it for Whisper models")
 
     teacher = load_whisper(spec, compute_type=compute_type, cpu_threads=num_threads or 0)
     if backend == "auto":
@@ -201,6 +233,29 @@ def evaluate(
     return summary
 
 
+def sweep_ctc_decoding(recognizer, utterances: Sequence[Utterance], lm: str | os.PathLike,
+                       grid: Sequence[BeamSearchOptions], *, language: str | None = "en",
+                       audio_cfg: AudioConfig = AudioConfig()) -> list[dict]:
+    """WER of LM beam search for each option set in `grid` on `utterances` (a dev set with references).
+
+    The CTC student (a CTCRecognizer) runs once; only the search is repeated — icefall's and pyctcdecode's
+    recipe for choosing LM weight and word bonus. Returns rows (settings + wer), best first.
+    """
+    from speechkd_runtime.beam import CtcBeamSearch
+    from speechkd_runtime.ngram import NgramLM
+
+    items = list(iter_audio(utterances, audio_cfg, SkipList(None, stage="sweep")))
+    refs = [u.text or "" for u, _ in items]
+    log_probs = recognizer.log_probs([a for _, a in items])
+    vocab, ngram = recognizer.model.vocab, NgramLM(lm)
+    rows = []
+    for options in grid:
+        search = CtcBeamSearch(vocab.tokens, vocab.blank_id, ngram, options)
+        hyps = [search.decode(lp) for lp in log_probs]
+        rows.append({**dataclasses.asdict(options), "wer": score(refs, hyps, language=language).wer})
+    return sorted(rows, key=lambda r: r["wer"])
+
+
 def run_eval(cfg: EvalConfig, out_dir: str | os.PathLike | None = None) -> dict:
     """The `speechkd eval` job: load model and data, evaluate, save config + results beside each other."""
     if cfg.num_threads:
@@ -211,7 +266,8 @@ def run_eval(cfg: EvalConfig, out_dir: str | os.PathLike | None = None) -> dict:
     if cfg.max_utterances:
         utts = utts[: cfg.max_utterances]
     rec = load_recognizer(cfg.model, backend=cfg.backend, batch_size=cfg.batch_size, language=cfg.language,
-                          compute_type=cfg.compute_type, num_threads=cfg.num_threads, variant=cfg.variant)
+                          compute_type=cfg.compute_type, num_threads=cfg.num_threads, variant=cfg.variant,
+                          lm=cfg.lm, beam=cfg.beam_options() if cfg.lm else None, greedy=cfg.greedy)
     if out_dir is not None:
         save_config(cfg, Path(out_dir) / "config.yaml")
     return evaluate(rec, utts, batch_size=cfg.batch_size, language=cfg.language, out_dir=out_dir, warmup=cfg.warmup)

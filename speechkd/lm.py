@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -128,6 +129,67 @@ class KneserNeyLM:
         return total / (len(words) + 1)
 
 
+    # --- ARPA export (for CTC beam search: speechkd_runtime.ngram reads it, as do KenLM and SRILM) ------
+
+    def _gamma(self, history: tuple) -> float:
+        """Interpolation weight of the lower order after `history` (1 where the history was never seen)."""
+        n = len(history) + 1
+        total = self.ctx_total[n].get(history, 0) if n <= self.order else 0
+        return self.d * self.ctx_types[n][history] / total if total else 1.0
+
+    def arpa_entries(self) -> list[dict[tuple, tuple[float, float | None]]]:
+        """Per ARPA order n (index n): {n-gram: (P, backoff or None)}, probabilities not logs.
+
+        This model pads sentences with order-1 <s>; ARPA (and every ARPA reader) uses one. The mapping is
+        exact: history <s>^k w1..wj is written as "<s> w1..wj", whose listed words are those seen after it
+        and whose backoff is the product of the interpolation weights down the <s>^k chain (a word unseen
+        after <s>^k w1..wj is also unseen after every shorter <s> run, since <s> only occurs at the start).
+        """
+        n_max = self.order
+        out: list[dict] = [dict() for _ in range(n_max + 1)]
+        for n in range(1, n_max + 1):
+            for gram in self.counts[n]:
+                if BOS not in gram:
+                    out[n][gram] = [self._p(gram[-1], gram[:-1], n), None]
+        for gram in self.counts[n_max]:
+            k = next((i for i, w in enumerate(gram) if w != BOS), len(gram))
+            if k:
+                words = gram[k:]
+                out[len(words) + 1][(BOS,) + words] = [self._p(gram[-1], gram[:-1], n_max), None]
+        total1, types1 = self.ctx_total[1][()], self.ctx_types[1][()]
+        out[1][(UNK,)] = [self.d * types1 / total1 / self.vocab_size, None]
+        out[1][(BOS,)] = [0.0, None]
+        for n in range(1, n_max):
+            for gram, entry in out[n].items():
+                if gram[0] == BOS:
+                    words = gram[1:]
+                    bow = 1.0
+                    for k in range(n_max - 1 - len(words), 0, -1):
+                        bow *= self._gamma((BOS,) * k + words)
+                    entry[1] = bow
+                elif gram != (UNK,):
+                    entry[1] = self._gamma(gram)
+        return [{g: tuple(e) for g, e in level.items()} for level in out]
+
+    def write_arpa(self, path: str | os.PathLike) -> Path:
+        """Write the model as an ARPA file (atomically); returns the path."""
+        from speechkd.io import atomic_write_text
+
+        def log10(x: float) -> str:
+            return f"{math.log10(x):.7f}" if x > 0 else "-99"
+
+        levels = self.arpa_entries()
+        lines = ["\\data\\", *(f"ngram {n}={len(levels[n])}" for n in range(1, self.order + 1)), ""]
+        for n in range(1, self.order + 1):
+            lines.append(f"\\{n}-grams:")
+            for gram, (p, bow) in sorted(levels[n].items()):
+                row = f"{log10(p)}\t{' '.join(gram)}"
+                lines.append(row + f"\t{log10(bow)}" if bow is not None and bow != 1.0 else row)
+            lines.append("")
+        lines.append("\\end\\")
+        return atomic_write_text(path, "\n".join(lines) + "\n")
+
+
 @lru_cache(maxsize=4)
 def _normalised_lines(text_path: str | None, language: str | None) -> tuple[str, ...]:
     return tuple(normalize(s, language) for s in read_training_text(text_path))
@@ -146,6 +208,59 @@ def train_ngram(text_path: str | os.PathLike | None = None, *, exclude: Iterable
     banned = frozenset(normalize(s, language) for s in exclude if s) - {""}
     path = None if text_path is None else str(Path(text_path).resolve())
     return _cached_ngram(path, banned, order, language)
+
+
+
+@dataclass(frozen=True)
+class DecodingLMConfig:
+    """`speechkd lm`: a word n-gram for CTC beam search, from pseudo-labels or any text."""
+
+    text: str = ""  # labels/manifest JSONL (its `text` field) or a text file with one sentence per line
+    order: int = DEFAULT_ORDER
+    discount: float = KN_DISCOUNT
+    lowercase: bool = True  # must match the CTC vocabulary's (VocabConfig.lowercase)
+    exclude: tuple[str, ...] = ()  # JSONL manifests or text files whose sentences must not be in the LM (tests)
+
+    def validate(self) -> None:
+        if not self.text:
+            raise LMError("text is required: a labels JSONL (e.g. exp/x/labels/kept.jsonl) or a text file")
+        if self.order < 1:
+            raise LMError(f"order must be >= 1, got {self.order}")
+
+
+def read_sentences(path: str | os.PathLike) -> list[str]:
+    """The `text` fields of a JSONL file, or the non-empty lines of a text file."""
+    p = Path(path)
+    if not p.is_file():
+        raise LMError(f"{p} does not exist; give a labels/manifest JSONL or a text file, one sentence per line")
+    if p.suffix == ".jsonl":
+        from speechkd.io import read_jsonl
+
+        rows = list(read_jsonl(p))
+        if rows and not any("text" in r for r in rows):
+            raise LMError(f"{p} has no `text` field; give pseudo-labels (speechkd label/filter output) or a manifest")
+        return [r["text"] for r in rows if r.get("text")]
+    return read_training_text(p)
+
+
+def build_decoding_lm(cfg: DecodingLMConfig, out_path: str | os.PathLike) -> dict:
+    """Train a KN n-gram on cfg.text, normalised like CTC labels (speechkd.vocab), and write it as ARPA.
+
+    Returns a summary (sentences, words, vocabulary, n-gram counts). The config is saved beside the file.
+    """
+    from speechkd.config import save_config
+    from speechkd.vocab import normalize_label
+
+    cfg.validate()
+    banned = {normalize_label(t, cfg.lowercase) for ex in cfg.exclude for t in read_sentences(ex)}
+    lines = [normalize_label(t, cfg.lowercase) for t in read_sentences(cfg.text)]
+    kept = [t for t in lines if t and t not in banned]
+    lm = KneserNeyLM(kept, order=cfg.order, discount=cfg.discount, normalised=True)
+    out = lm.write_arpa(out_path)
+    save_config(cfg, out.with_suffix(".yaml"))
+    return {"arpa": str(out), "sentences": len(kept), "excluded": len(lines) - len(kept),
+            "words": sum(len(t.split()) for t in kept), "vocabulary": len(lm.vocab) - 1,
+            "order": cfg.order}
 
 
 class HFCausalLMScorer:

@@ -67,3 +67,30 @@ def test_train_set_overrides_merge_at_every_depth():
     merged = merge_nested(base, sets)
     assert merged["train"] == {"lr": 1e-4, "max_steps": 50}
     assert merged["method_config"]["spec_augment"] == {"num_time_masks": 2, "max_time_mask": 0.1}
+
+
+def test_lm_from_labels_then_eval_a_ctc_student_with_it(synth_corpus, tmp_path, capsys):
+    import yaml
+    from test_export import make_student
+
+    student = tmp_path / "student"
+    make_student("conformer_ctc", student)
+    arpa = tmp_path / "lm.arpa"
+    assert main(["lm", "--text", str(synth_corpus / "train.jsonl"), "--out", str(arpa), "--order", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed[: printed.index("}") + 1])["sentences"] > 0 and (tmp_path / "lm.yaml").is_file()
+    out = tmp_path / "eval"
+    data = str(synth_corpus / "test.jsonl")
+    assert main(["eval", "--model", str(student), "--data", data, "--lm", str(arpa), "--beam-size", "2",
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["model"] == "conformer_ctc [torch + LM]"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lm"] == str(arpa) and saved["beam_size"] == 2
+    capsys.readouterr()
+    for args, needle in [(["--lm", str(tmp_path / "nope.arpa")], "nope.arpa"),
+                         (["--lm", str(arpa), "--greedy", "true"], "contradict"),
+                         (["--lm", str(arpa), "--beam-size", "0"], "beam_size"),
+                         (["--lm", str(arpa), "--model", "bundled:tiny.en"], "CTC students")]:
+        assert main(["eval", "--model", str(student), "--data", data, *args]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err

@@ -165,3 +165,70 @@ def test_too_short_audio_gives_empty_text(export_dir):
     onnx_dir, _ = export_dir
     model = CtcModel(onnx_dir)
     assert model.transcribe([np.zeros(50, np.float32), np.zeros(0, np.float32)]) == ["", ""]
+
+
+@pytest.fixture(scope="module")
+def lm_export_dir(export_dir, synth_corpus, tmp_path_factory):
+    """The same student exported again with a word trigram (from the corpus's texts) shipped beside it."""
+    from speechkd.export.ctc import ExportConfig, export_ctc
+    from speechkd.lm import DecodingLMConfig, build_decoding_lm
+
+    root = tmp_path_factory.mktemp("runtime_lm")
+    arpa = root / "lm.arpa"
+    build_decoding_lm(DecodingLMConfig(text=str(synth_corpus / "train.jsonl")), arpa)
+    student_dir = export_dir[0].parent / "student"
+    cfg = ExportConfig(quantize=(), lm=str(arpa), beam_size=4, lm_weight=0.5)
+    export_ctc(student_dir, root / "onnx", cfg)
+    return root / "onnx", arpa, student_dir
+
+
+def test_an_exported_lm_is_used_by_default_and_matches_pytorch(lm_export_dir, clips):
+    from speechkd.evaluate import load_recognizer
+    from speechkd_runtime.beam import BeamSearchOptions
+
+    onnx_dir, arpa, student_dir = lm_export_dir
+    config = json.loads((onnx_dir / "config.json").read_text())
+    assert config["decoding"]["lm"] == "lm.arpa" and config["decoding"]["beam_size"] == 4
+    assert (onnx_dir / "lm.arpa").read_bytes() == arpa.read_bytes()
+    audios = [a for _, a in clips]
+    shipped = CtcModel(onnx_dir)
+    assert shipped.beam_search is not None and shipped.beam_search.opt.lm_weight == 0.5
+    assert CtcModel(onnx_dir, greedy=True).beam_search is None
+    with_lm = shipped.transcribe(audios)
+    # The PyTorch student with the same LM and settings decodes the same log-probs the same way.
+    torch_rec = load_recognizer(str(student_dir), lm=str(arpa), beam=BeamSearchOptions(beam_size=4, lm_weight=0.5))
+    assert torch_rec.name.endswith("[torch + LM]")
+    assert torch_rec.transcribe(audios) == with_lm
+    assert with_lm != CtcModel(onnx_dir, greedy=True).transcribe(audios)  # the LM changed the search
+
+
+def test_runtime_lm_decoding_needs_no_torch(lm_export_dir, clips, tmp_path):
+    onnx_dir, _, _ = lm_export_dir
+    path = clips[0][0]
+    code = f"""
+import runpy
+sys.argv = ['speechkd_runtime', {str(onnx_dir)!r}, {path!r}, '--beam-size', '4']
+runpy.run_module('speechkd_runtime', run_name='__main__')
+"""
+    proc = run_isolated(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().split("\t")[1] == CtcModel(onnx_dir).transcribe_files([path])[0]
+    proc = run_isolated(code.replace("'--beam-size', '4'", "'--greedy'"), tmp_path)
+    assert proc.stdout.strip().split("\t")[1] == CtcModel(onnx_dir, greedy=True).transcribe_files([path])[0]
+
+
+def test_bad_lm_settings_are_refused(lm_export_dir, tmp_path):
+    from speechkd.export.ctc import ExportConfig
+
+    onnx_dir, _, _ = lm_export_dir
+    with pytest.raises(ValueError, match="does not exist.*speechkd lm"):
+        ExportConfig(lm=str(tmp_path / "none.arpa")).validate()
+    bad = tmp_path / "bad_decoding"
+    bad.mkdir()
+    for f in onnx_dir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    config = json.loads((bad / "config.json").read_text())
+    config["decoding"]["beam_width"] = 3
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(speechkd_runtime.ModelDirError, match="beam_width"):
+        CtcModel(bad)

@@ -2,6 +2,8 @@
 
 Usage:
     python -m speechkd_runtime MODEL_DIR a.wav [b.flac ...] [--num-threads N] [--model-file model.onnx] [--json]
+    python -m speechkd_runtime MODEL_DIR a.wav --lm lm.arpa [--beam-size 8]    # CTC: beam search with an LM
+    python -m speechkd_runtime MODEL_DIR a.wav --greedy                       # CTC: ignore a shipped LM
 
 Prints one line per file: `path<TAB>transcript` (or a JSON object per line with --json).
 Files at other sample rates are resampled; multichannel files are averaged to mono.
@@ -29,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Whisper: fp32 or int8 (default: config.json's default_variant)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="utterances per onnxruntime call (default 8; 1 for dynamic-int8 models)")
+    p.add_argument("--lm", default=None, help="CTC: an ARPA word n-gram for beam search (default: the one "
+                                                "config.json's `decoding` ships, else greedy decoding)")
+    p.add_argument("--beam-size", type=int, default=None, help="CTC: beam width (with the LM's other settings)")
+    p.add_argument("--greedy", action="store_true", help="CTC: greedy decoding even if an LM is shipped")
     p.add_argument("--json", action="store_true", help="print JSON lines with path, text and seconds")
     return p
 
@@ -40,7 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         if model_type == "ctc":
             from .ctc import CtcModel
 
-            model = CtcModel(args.model_dir, model_file=args.variant, num_threads=args.num_threads)
+            beam = None
+            if args.beam_size is not None:
+                from dataclasses import replace
+
+                from .beam import BeamSearchOptions
+
+                shipped = dict(read_config(args.model_dir).get("decoding") or {})
+                shipped.pop("lm", None)
+                beam = replace(BeamSearchOptions(**shipped), beam_size=args.beam_size)
+            model = CtcModel(args.model_dir, model_file=args.variant, num_threads=args.num_threads,
+                             lm=args.lm, beam=beam, greedy=args.greedy)
             run = lambda path: model.transcribe_files([path], batch_size=args.batch_size)[0]  # noqa: E731
         else:
             from . import transcribe

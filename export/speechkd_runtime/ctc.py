@@ -9,6 +9,10 @@ and `log_probs_len` (int64 [B]).
 Long audio is cut into chunks of at most `max_chunk_s` seconds at the quietest 0.1 s between
 `min_chunk_s` and `max_chunk_s` from the previous cut, so a cut lands in a pause rather than in a
 word; the chunk transcripts are joined with spaces.
+
+Decoding is greedy unless a word n-gram LM is given (`lm=`), or config.json has a `decoding` section
+(written by `speechkd export --lm`: the ARPA file shipped in the directory and the beam-search settings
+tuned for it); then it is CTC prefix beam search with the LM (speechkd_runtime.beam).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import load_audio, to_model_rate
+from .beam import BeamSearchOptions, CtcBeamSearch
 from .features import compute_features, pad_batch
 
 CONFIG_FILE = "config.json"
@@ -131,7 +136,9 @@ class CtcModel:
 
     def __init__(self, model_dir: str | os.PathLike, *, model_file: str | None = None,
                  num_threads: int | None = None, providers: Sequence[str] | None = None,
-                 max_chunk_s: float = 30.0, min_chunk_s: float = 20.0):
+                 max_chunk_s: float = 30.0, min_chunk_s: float = 20.0, lm: str | os.PathLike | None = None,
+                 beam: BeamSearchOptions | None = None, greedy: bool = False):
+        """`lm` (an ARPA file) and `beam` override config.json's `decoding`; `greedy=True` ignores both."""
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -180,6 +187,24 @@ class CtcModel:
         quant = self.session.get_modelmeta().custom_metadata_map.get("quantization", "")
         self.batch_independent = quant != "int8-dynamic"
         self.default_batch_size = 8 if self.batch_independent else 1
+        self.beam_search = None if greedy else self._beam_search(lm, beam)
+
+    def _beam_search(self, lm: str | os.PathLike | None, beam: BeamSearchOptions | None) -> CtcBeamSearch | None:
+        shipped = dict(self.config.get("decoding") or {})
+        lm_file = shipped.pop("lm", None)
+        lm_path = Path(lm) if lm is not None else (self.model_dir / lm_file if lm_file else None)
+        if lm_path is None and beam is None:
+            return None
+        if beam is None:
+            known = set(BeamSearchOptions.__dataclass_fields__)
+            unknown = set(shipped) - known
+            if unknown:
+                raise ModelDirError(f"{self.model_dir / CONFIG_FILE}: unknown decoding setting(s) {sorted(unknown)}; "
+                                    f"known: {sorted(known)}")
+            beam = BeamSearchOptions(**shipped)
+        from .ngram import NgramLM
+
+        return CtcBeamSearch(self.tokens, self.blank_id, NgramLM(lm_path) if lm_path else None, beam)
 
     # ------------------------------------------------------------------------------ building blocks
 
@@ -207,6 +232,8 @@ class CtcModel:
         return out
 
     def decode(self, log_probs: np.ndarray) -> str:
+        if self.beam_search is not None:
+            return self.beam_search.decode(log_probs)
         return ids_to_text(greedy_ids(log_probs, self.blank_id), self.tokens)
 
     # ------------------------------------------------------------------------------ transcription

@@ -6,11 +6,13 @@
 #   1 label    pseudo-label DATA with the Whisper teacher (packed, resumable; torchrun shards with --nproc > 1)
 #   2 filter   keep the best labels without references (conf/filter.yaml)
 #   3 train    the CTC student of conf/ctc.yaml on the kept pseudo-labels
-#   4 eval     teacher (faster-whisper int8) and student on TEST
-#   5 export   ONNX fp32 + int8 (dynamic; static QDQ too when --calibration is given), tokens.txt, metadata;
-#              verified on TEST, the best passing int8 graph becomes the runtime default
-#   6 verify   PyTorch vs ONNX log-probs and WER on TEST again (standalone check); fails if int8 drifts
-#   7 device   the torch-free runtime (speechkd_runtime) on TEST, evaluated like the others
+#   4 lm       a word trigram (ARPA) from the kept pseudo-labels' text, for beam search (no references)
+#   5 eval     teacher (faster-whisper int8), student greedy and student + LM beam search on TEST
+#   6 export   ONNX fp32 + int8 (dynamic; static QDQ too when --calibration is given), tokens.txt, metadata,
+#              lm.arpa (the runtime decodes with it by default); verified on TEST, the best passing int8
+#              graph becomes the runtime default
+#   7 verify   PyTorch vs ONNX log-probs and WER on TEST again (standalone check); fails if int8 drifts
+#   8 device   the torch-free runtime (speechkd_runtime, with the LM) on TEST, evaluated like the others
 # DATA: audio folder, JSONL manifest or saved HF dataset; TEST: the same with references.
 # TEACHER: bundled:base (default), a Hub id (openai/whisper-small), a CTranslate2 or HF dir.
 # Re-running skips finished stages (markers in $exp/.done) and resumes unfinished ones; logs in $exp/log/.
@@ -39,9 +41,13 @@ run_stage 2 filter $SPEECHKD filter --config "$here/conf/filter.yaml" --labels "
   --out "$exp/labels/kept.jsonl"
 run_stage 3 train $launch speechkd train --config "$here/conf/ctc.yaml" --labels "$exp/labels/kept.jsonl" \
   --teacher "$teacher" --dev "$test" --out "$exp/student"
-run_stage 4 eval bash -c "$SPEECHKD eval --model '$teacher' --backend ctranslate2 --compute-type int8 --data '$test' \
-  --out '$exp/eval/teacher' && $SPEECHKD eval --model '$exp/student/final' --data '$test' --out '$exp/eval/student'"
-run_stage 5 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --quantize $quant --data "$test"
-run_stage 6 verify $SPEECHKD verify "$exp/onnx" --data "$test"
-run_stage 7 device bash -c "$SPEECHKD eval --model '$exp/onnx' --data '$test' --out '$exp/eval/student_onnx' \
-  && $SPEECHKD report '$exp/eval/teacher' '$exp/eval/student' '$exp/eval/student_onnx'"
+run_stage 4 lm $SPEECHKD lm --text "$exp/labels/kept.jsonl" --out "$exp/lm/kept.3gram.arpa"
+run_stage 5 eval bash -c "$SPEECHKD eval --model '$teacher' --backend ctranslate2 --compute-type int8 --data '$test' \
+  --out '$exp/eval/teacher' && $SPEECHKD eval --model '$exp/student/final' --data '$test' --out '$exp/eval/student' \
+  && $SPEECHKD eval --model '$exp/student/final' --data '$test' --lm '$exp/lm/kept.3gram.arpa' \
+  --out '$exp/eval/student_lm'"
+run_stage 6 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --quantize $quant --data "$test" \
+  --lm "$exp/lm/kept.3gram.arpa"
+run_stage 7 verify $SPEECHKD verify "$exp/onnx" --data "$test"
+run_stage 8 device bash -c "$SPEECHKD eval --model '$exp/onnx' --data '$test' --out '$exp/eval/student_onnx' \
+  && $SPEECHKD report '$exp/eval/teacher' '$exp/eval/student' '$exp/eval/student_lm' '$exp/eval/student_onnx'"

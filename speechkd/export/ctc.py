@@ -12,6 +12,8 @@ The directory holds:
   tokens.txt                 "symbol id" per line, blank written "<blk>" (sherpa-onnx's format)
   config.json                model type, vocab size, blank id, sample rate, frontend (feature settings),
                              subsampling/frame rate, file names, and which model the runtime loads by default
+  lm.arpa                    (with --lm) a word n-gram; config.json's `decoding` then holds the beam-search
+                             settings, and the runtime decodes with it by default
 
 The same facts go into each ONNX file's metadata_props, so a lone .onnx file still describes itself.
 
@@ -41,13 +43,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechkd.io import atomic_write_json, atomic_write_text
+from speechkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from speechkd_runtime.beam import BeamSearchOptions
 
 log = logging.getLogger(__name__)
 
 FP32_FILE = "model.onnx"
 INT8_FILES = {"dynamic": "model.int8.onnx", "static": "model.int8-static.onnx"}
 TOKENS_FILE = "tokens.txt"
+LM_FILE = "lm.arpa"
 CONFIG_FILE = "config.json"
 INPUT_NAMES = ("x", "x_lens")
 OUTPUT_NAMES = ("log_probs", "log_probs_len")
@@ -76,6 +80,16 @@ class ExportConfig:
     max_wer_increase: float = 1.0  # WER points an int8 model may lose vs PyTorch before verification fails
     batch_size: int = 8
     num_threads: int | None = None  # onnxruntime threads during verification
+    # An ARPA word n-gram (`speechkd lm`) to ship as lm.arpa: the runtime then beam-searches with it by default.
+    lm: str | None = None
+    beam_size: int = BeamSearchOptions.beam_size
+    lm_weight: float = BeamSearchOptions.lm_weight
+    word_score: float = BeamSearchOptions.word_score
+    unk_score: float = BeamSearchOptions.unk_score
+
+    def beam_options(self) -> BeamSearchOptions:
+        return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
+                                 unk_score=self.unk_score)
 
     def validate(self) -> None:
         bad = [m for m in self.quantize if m not in QUANT_MODES]
@@ -90,6 +104,10 @@ class ExportConfig:
             raise ValueError("calibration_size and batch_size must be >= 1")
         if self.tolerance <= 0 or self.max_wer_increase < 0:
             raise ValueError("tolerance must be > 0 and max_wer_increase >= 0")
+        if self.lm is not None:
+            if not Path(self.lm).is_file():
+                raise ValueError(f"lm {self.lm} does not exist; build one with `speechkd lm --text LABELS --out lm.arpa`")
+            self.beam_options().validate()
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -284,6 +302,8 @@ def export_ctc(model_or_dir: Any, out_dir: str | os.PathLike, config: ExportConf
         raise ExportError(f"vocabulary has {len(model.vocab.tokens)} tokens but the model config says "
                           f"vocab_size {cfg['vocab_size']}")
     write_tokens(list(model.vocab.tokens), int(cfg["blank_id"]), out / TOKENS_FILE)
+    if config.lm is not None:
+        cfg["decoding"] = ship_lm(config.lm, config.beam_options(), out)
 
     fp32 = out / FP32_FILE
     graph = OnnxGraph(model).eval()
@@ -314,6 +334,17 @@ def export_ctc(model_or_dir: Any, out_dir: str | os.PathLike, config: ExportConf
     atomic_write_json(out / CONFIG_FILE, cfg)
     log.info("exported %s to %s (%s)", cfg["student_type"], out, ", ".join(cfg["onnx"].values()))
     return cfg
+
+
+def ship_lm(lm: str | os.PathLike, options: BeamSearchOptions, out: Path) -> dict:
+    """Copy the ARPA LM into the export as lm.arpa (atomically) and return config.json's `decoding` section."""
+    import dataclasses
+
+    from speechkd_runtime.ngram import NgramLM
+
+    NgramLM(lm)  # refuse an unreadable file now rather than on the device
+    atomic_write_bytes(out / LM_FILE, Path(lm).read_bytes())
+    return {"lm": LM_FILE, **dataclasses.asdict(options)}
 
 
 def check_dynamic_axes(graph, onnx_path: Path, frontend: dict, tolerance: float) -> float:
@@ -353,6 +384,9 @@ def export_student(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Returns {"config": ..., "report": verification report or None}.
     """
     config.validate()
+    if is_whisper_student(student_dir) and config.lm:
+        raise ExportError(f"{student_dir} is a Whisper student: --lm (a word n-gram for CTC beam search) does not "
+                          f"apply; drop it")
     if is_whisper_student(student_dir):
         from speechkd.export.whisper_onnx import export_whisper
 

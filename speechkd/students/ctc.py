@@ -1,4 +1,4 @@
-"""What every CTC student shares: the model contract, greedy decoding, the Recognizer, save/load, registration.
+"""What every CTC student shares: the model contract, decoding (greedy or LM beam search), the Recognizer, save/load, registration.
 
 The contract (kept by every family, relied on by ONNX export and the on-device runtime):
 ``model(x, x_lens) -> (log_probs [B, T', V] float32 log-softmaxed, out_lens [B] int64)`` where x is
@@ -25,7 +25,9 @@ from torch import nn
 from speechkd.io import atomic_write_bytes, atomic_write_json
 from speechkd.students import StudentError, StudentType, register_student
 from speechkd.vocab import Vocabulary
+from speechkd_runtime.beam import BeamSearchOptions, CtcBeamSearch
 from speechkd_runtime.features import compute_features, frame_rate_hz, num_input_frames, pad_batch, validate_frontend
+from speechkd_runtime.ngram import NgramLM
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -99,14 +101,24 @@ def greedy_decode(log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | 
 
 
 class CTCRecognizer:
-    """A CTC student behind the speechkd.evaluate Recognizer protocol (features -> batch -> greedy CTC)."""
+    """A CTC student behind the speechkd.evaluate Recognizer protocol (features -> batch -> CTC decoding).
 
-    def __init__(self, model: CTCModel, batch_size: int = 8, name: str | None = None, device: str | None = None):
+    Greedy decoding, or prefix beam search with a word n-gram when `lm` (an ARPA file) or `beam` is given:
+    the same search (speechkd_runtime.beam) the on-device runtime runs on ONNX outputs.
+    """
+
+    def __init__(self, model: CTCModel, batch_size: int = 8, name: str | None = None, device: str | None = None,
+                 lm: str | os.PathLike | None = None, beam: BeamSearchOptions | None = None):
         self.model = model
         self.batch_size = max(1, int(batch_size))
         self.device = device or next(model.parameters()).device
         kind = getattr(model, "student_type", type(model).__name__)
-        self.name = name or f"{kind} [torch]"
+        self.beam_search = None
+        if lm is not None or beam is not None:
+            self.beam_search = CtcBeamSearch(model.vocab.tokens, model.vocab.blank_id,
+                                             NgramLM(lm) if lm is not None else None, beam or BeamSearchOptions())
+        suffix = "" if self.beam_search is None else (" + LM" if lm is not None else " beam")
+        self.name = name or f"{kind} [torch{suffix}]"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         # Audio longer than the architecture allows is cut into pieces whose texts are joined.
@@ -125,13 +137,14 @@ class CTCRecognizer:
                 out[i].append(t)
         return [" ".join(parts) for parts in out]
 
-    def _transcribe_pieces(self, audios: list[np.ndarray]) -> list[str]:
+    def log_probs(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per clip [T', V] log-probabilities (float32; [0, V] for clips too short for one output frame)."""
         model = self.model
         was_training = model.training
         model.eval()
-        feats = [compute_features(model.frontend, a) for a in audios]
-        texts = [""] * len(feats)
-        # Clips too short for a single output frame (a few ms) transcribe to "" without running the model.
+        feats = [compute_features(model.frontend, np.asarray(a, dtype=np.float32)) for a in audios]
+        out = [np.zeros((0, len(model.vocab.tokens)), np.float32)] * len(feats)
+        # Clips too short for a single output frame (a few ms) give no frames without running the model.
         runnable = [i for i, f in enumerate(feats) if model.output_lengths(torch.tensor([len(f)]))[0] > 0]
         try:
             with torch.inference_mode():
@@ -139,11 +152,18 @@ class CTCRecognizer:
                     idx = runnable[start: start + self.batch_size]
                     x, lens = pad_batch([feats[i] for i in idx])
                     log_probs, out_lens = model(torch.from_numpy(x).to(self.device), torch.from_numpy(lens).to(self.device))
-                    for i, ids in zip(idx, greedy_decode(log_probs, out_lens, model.vocab.blank_id)):
-                        texts[i] = model.vocab.decode(ids)
+                    lp = log_probs.float().cpu().numpy()
+                    for j, i in enumerate(idx):
+                        out[i] = lp[j, : int(out_lens[j])]
         finally:
             model.train(was_training)
-        return texts
+        return out
+
+    def _transcribe_pieces(self, audios: list[np.ndarray]) -> list[str]:
+        if self.beam_search is not None:
+            return [self.beam_search.decode(lp) for lp in self.log_probs(audios)]
+        blank = self.model.vocab.blank_id
+        return [self.model.vocab.decode(ctc_collapse(lp.argmax(-1), blank)) for lp in self.log_probs(audios)]
 
     def num_parameters(self) -> int | None:
         from speechkd.metrics import count_parameters
