@@ -11,9 +11,9 @@ vocabulary, SpecAugment):
   * whisper_encoder_ctc - the first 4 of base's 6 encoder layers + conv front end, real input length, CTC head;
   * conformer_ctc       - a ~6 M-parameter Conformer over 80-dim fbank, from scratch;
   * wav2vec2_ctc        - a small wav2vec2-style model over raw waveform, from scratch (only with --only).
-Each CTC student is also decoded by prefix beam search with a word trigram built from the same
-pseudo-label texts it was trained on (`speechkd lm`; no references), LM weight and word bonus chosen
-on the synthetic dev set (`speechkd.evaluate.sweep_ctc_decoding`).
+Each CTC student is also decoded by prefix beam search with a word trigram built from pseudo-label
+text (`speechkd lm`; no references): which text (kept or all labels) and the search settings are
+chosen on the synthetic dev set (`speechkd.evaluate.sweep_ctc_decoding`).
 Timing: every model transcribes the same test utterances with 2 threads (CTC students: PyTorch fp32,
 batch 8, search time included; teacher: faster-whisper int8 through CTranslate2, batch 8, greedy).
 """
@@ -83,18 +83,27 @@ def main() -> None:
     tests = {k: open_data(v, require_text=True)[:max_test] for k, v in data["tests"].items()}
     recognizers = {"teacher (faster-whisper int8)": WhisperRecognizer(
         load_whisper(teacher, cpu_threads=2, compute_type="int8"), backend="ctranslate2", batch_size=8)}
-    recognizers.update({n: student_recognizer(d, batch_size=8) for n, d in finals.items()})
-    # Label-free LM: the kept pseudo-labels' text (test sentences, if any, excluded), settings tuned on dev.
-    lm_path = work / "lm" / "kept.3gram.arpa"
-    lm_info = build_decoding_lm(DecodingLMConfig(text=str(data["kept"]), exclude=tuple(map(str, data["tests"].values()))),
-                                lm_path)
+    # Label-free LMs: the pseudo-labels' text (all of it, or the kept part the students learned from; test
+    # sentences, if any, excluded). Which text, and the search settings, are chosen on the dev set.
+    lm_info, lm_paths = {}, {}
+    for source in ("kept", "labels"):
+        lm_paths[source] = work / "lm" / f"{source}.3gram.arpa"
+        lm_info[source] = build_decoding_lm(DecodingLMConfig(text=str(data[source]),
+                                                             exclude=tuple(map(str, data["tests"].values()))),
+                                            lm_paths[source])
     dev = open_data(data["dev"], require_text=True)[:max_test]
-    grid = [BeamSearchOptions(lm_weight=a, word_score=b) for a in (0.2, 0.35, 0.5) for b in (1.0, 2.0, 3.0)]
+    grid = [BeamSearchOptions(beam_size=b, lm_weight=a, word_score=w, unk_score=u)
+            for b in (8, 16) for a in (0.2, 0.35, 0.5) for w in (1.0, 2.0) for u in (-6.0, -8.0)]
     sweeps = {}
     for name, d in finals.items():
-        sweeps[name] = sweep_ctc_decoding(student_recognizer(d, batch_size=8), dev, lm_path, grid[:1] if args.quick else grid)
-        best = BeamSearchOptions(**{k: v for k, v in sweeps[name][0].items() if k != "wer"})
-        recognizers[f"{name} + LM"] = student_recognizer(d, batch_size=8, lm=str(lm_path), beam=best)
+        rec = student_recognizer(d, batch_size=8)
+        sweeps[name] = sorted(({**row, "lm": source} for source, path in lm_paths.items()
+                               for row in sweep_ctc_decoding(rec, dev, path, grid[:1] if args.quick else grid)),
+                              key=lambda r: r["wer"])
+        best = sweeps[name][0]
+        options = BeamSearchOptions(**{k: v for k, v in best.items() if k not in ("wer", "lm")})
+        recognizers[name] = rec
+        recognizers[f"{name} + LM"] = student_recognizer(d, batch_size=8, lm=str(lm_paths[best["lm"]]), beam=options)
         print(name, "dev sweep:", sweeps[name][:3], flush=True)
     rows = []
     for name, rec in recognizers.items():
@@ -105,7 +114,7 @@ def main() -> None:
                          "n": r["num_utterances"]})
             print(rows[-1], flush=True)
     result = {"data": {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items() if k != "tests"},
-              "steps": steps, "train_seconds": train_s, "reused": reused, "lm": lm_info, "dev_n": len(dev),
+              "steps": steps, "train_seconds": train_s, "reused": reused, "lms": lm_info, "dev_n": len(dev),
               "sweeps": sweeps, "rows": rows, "total_seconds": round(time.perf_counter() - t_all, 1)}
     (work / "ctc_students.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=2, default=str))
@@ -142,17 +151,22 @@ def report(result: dict, args) -> str:
     lines += ["", "Test utterances: " + ", ".join(f"{t} {by[(teacher, t)]['n']}" for t in tests)
               + ". WER in %, Whisper English normaliser on both sides; speed = teacher seconds / model seconds on "
               "the same utterances. Goal: >= 10x faster than the teacher at WER <= teacher + 3 on synthetic."]
-    lm = result["lm"]
-    lines += ["", f"\"+ LM\": CTC prefix beam search (speechkd_runtime.beam) with a word trigram from the {lm['sentences']} "
-              f"kept pseudo-labels' text ({lm['words']} words, {lm['vocabulary']} distinct; built by `speechkd lm`, "
-              f"{lm['excluded']} sentences equal to a test reference dropped). Settings chosen on "
-              f"{result['dev_n']} synthetic dev utterances (dev WER, best first):", ""]
-    lines += ["| student | beam | LM weight | word score | unk score | dev WER (best) | dev WER (worst of grid) |",
-              "|---|---|---|---|---|---|---|"]
+    lms = result["lms"]
+    text = {"kept": "the kept (filtered) pseudo-labels", "labels": "all pseudo-labels"}
+    lines += ["", "\"+ LM\": CTC prefix beam search (speechkd_runtime.beam) with a word trigram (`speechkd lm`, Kneser-Ney) "
+              "from pseudo-label text, no references: " + "; ".join(
+                  f"`{k}`: {text[k]}, {v['sentences']} sentences, {v['words']} words, {v['vocabulary']} distinct"
+                  for k, v in lms.items()) + f". Test sentences dropped from the LM text: "
+              f"{max(v['excluded'] for v in lms.values())}. The LM text and the search settings are chosen by WER "
+              f"on {result['dev_n']} synthetic dev utterances over a grid of {len(next(iter(result['sweeps'].values())))}"
+              " (beam 8/16, LM weight 0.2/0.35/0.5, word score 1/2, unk score -6/-8, both LM texts); search time is "
+              "inside the RTF.", "",
+              "| student | LM text | beam | LM weight | word score | unk score | dev WER (chosen) | dev WER (worst in grid) |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, sweep in result["sweeps"].items():
         b = sweep[0]
-        lines.append(f"| {name} | {b['beam_size']} | {b['lm_weight']} | {b['word_score']} | {b['unk_score']} | "
-                     f"{b['wer']:.2f} | {sweep[-1]['wer']:.2f} |")
+        lines.append(f"| {name} | {b['lm']} | {b['beam_size']} | {b['lm_weight']} | {b['word_score']} | "
+                     f"{b['unk_score']} | {b['wer']:.2f} | {sweep[-1]['wer']:.2f} |")
     return "\n".join(lines)
 
 

@@ -60,7 +60,9 @@ def main() -> None:
     if ctc_result.is_file():
         res = json.loads(ctc_result.read_text())
         for name, sweep in res.get("sweeps", {}).items():
-            lm_setup[name] = (res["lm"]["arpa"], BeamSearchOptions(**{k: v for k, v in sweep[0].items() if k != "wer"}))
+            best = sweep[0]
+            lm_setup[name] = (res["lms"][best["lm"]]["arpa"],
+                              BeamSearchOptions(**{k: v for k, v in best.items() if k not in ("wer", "lm")}))
     rows = []
     for name, student_dir in students.items():
         out = WORK / "onnx" / name.replace(" ", "_")

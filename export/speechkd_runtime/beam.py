@@ -124,43 +124,57 @@ class CtcBeamSearch:
         keep = lp_all >= self.opt.token_min_logp
         keep[np.arange(len(lp_all)), lp_all.argmax(axis=1)] = True
         keep[:, blank] = False
-        skip = lp_all[:, blank] >= self.blank_skip_logp
-        beams: dict[tuple, list[float]] = {(): [0.0, NEG_INF]}  # prefix -> [log p ends in blank, ends in token]
-        lm_state: dict[tuple, tuple] = {(): self._root()}
+        skip = (lp_all[:, blank] >= self.blank_skip_logp).tolist()
+        # Prefixes are nodes of a tree (node 0: empty), so a prefix is an int, not a tuple hashed at full
+        # length on every dict access. Per node: its parent, its last token and its LM state.
+        parent, last_token, lm_state = [-1], [-1], [self._root()]
+        child: dict[tuple[int, int], int] = {}
+        beams: dict[int, list[float]] = {0: [0.0, NEG_INF]}  # node -> [log p ends in blank, ends in its last token]
         for t, lp in enumerate(lp_all.tolist()):
             lp_blank = lp[blank]
             if skip[t]:
                 # Nearly certain blank: only blank or a repeat of the prefix's last token (the rest is < 1e-3).
-                for prefix, probs in beams.items():
+                for node, probs in beams.items():
                     pb, pnb = probs
                     probs[0] = _logaddexp(pb, pnb) + lp_blank
-                    probs[1] = pnb + lp[prefix[-1]] if prefix else NEG_INF
+                    probs[1] = pnb + lp[last_token[node]] if node else NEG_INF
                 continue
             cands = np.flatnonzero(keep[t]).tolist()
-            nxt: dict[tuple, list[float]] = {}
-            for prefix, (pb, pnb) in beams.items():
+            nxt: dict[int, list[float]] = {}
+            for node, (pb, pnb) in beams.items():
                 total = _logaddexp(pb, pnb)
-                cur = nxt.get(prefix)
+                last = last_token[node]
+                stay = pnb + lp[last] if node else NEG_INF  # the last token continues (collapses)
+                cur = nxt.get(node)
                 if cur is None:
-                    cur = nxt[prefix] = [NEG_INF, NEG_INF]
-                cur[0] = _logaddexp(cur[0], total + lp_blank)
-                last = prefix[-1] if prefix else -1
-                if last >= 0:
-                    cur[1] = _logaddexp(cur[1], pnb + lp[last])  # the last token continues (collapses)
+                    nxt[node] = [total + lp_blank, stay]
+                else:
+                    cur[0] = _logaddexp(cur[0], total + lp_blank)
+                    cur[1] = _logaddexp(cur[1], stay)
                 for c in cands:
-                    new = prefix + (c,)
+                    new = child.get((node, c))
+                    if new is None:
+                        new = child[(node, c)] = len(parent)
+                        parent.append(node)
+                        last_token.append(c)
+                        lm_state.append(self._extend(lm_state[node], c))
+                    # A repeated token only starts a new symbol after a blank.
+                    step = (pb if c == last else total) + lp[c]
                     entry = nxt.get(new)
                     if entry is None:
-                        entry = nxt[new] = [NEG_INF, NEG_INF]
-                        if new not in lm_state:
-                            lm_state[new] = self._extend(lm_state[prefix], c)
-                    # A repeated token only starts a new symbol after a blank.
-                    entry[1] = _logaddexp(entry[1], (pb if c == last else total) + lp[c])
+                        nxt[new] = [NEG_INF, step]
+                    else:
+                        entry[1] = _logaddexp(entry[1], step)
             if len(nxt) > beam_size:
                 ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]) + lm_state[kv[0]][4], reverse=True)
                 nxt = dict(ranked[:beam_size])
             beams = nxt
-        return list(max(beams, key=lambda p: _logaddexp(*beams[p]) + self._final_bonus(lm_state[p])))
+        node = max(beams, key=lambda n: _logaddexp(*beams[n]) + self._final_bonus(lm_state[n]))
+        ids = []
+        while node:
+            ids.append(last_token[node])
+            node = parent[node]
+        return ids[::-1]
 
     def decode(self, log_probs: np.ndarray) -> str:
         text = "".join(self.tokens[i] for i in self.decode_ids(log_probs)).replace(SPACE, " ")

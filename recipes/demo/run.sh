@@ -7,9 +7,10 @@
 #   1 label    pseudo-label the training audio with the Whisper teacher (packed, resumable)
 #   2 filter   drop the worst pseudo-labels without references (label-free scorers, rank average)
 #   3 train    distil a CTC student (teacher-initialised encoder, conf/ctc.yaml)
-#   4 eval     teacher and student on the held-out test data (WER, real-time factor, size)
-#   5 export   int8 ONNX + verification against PyTorch
-#   6 device   transcribe with the torch-free runtime (speechkd_runtime) and evaluate it the same way
+#   4 eval     teacher and student on the held-out test data (WER, real-time factor, size); the student
+#              both greedy and with beam search over a word trigram built from the kept pseudo-labels
+#   5 export   int8 ONNX + the trigram (lm.arpa) + verification against PyTorch
+#   6 device   transcribe with the torch-free runtime (speechkd_runtime, with the LM) and evaluate it the same way
 #   7 report   the teacher-vs-student table
 # Options: --data/--test take an audio folder, a JSONL manifest or a saved HF dataset (--test needs
 # references); --teacher takes bundled:tiny.en, bundled:base, a Hub id (openai/whisper-small) or a local dir.
@@ -48,9 +49,14 @@ run_stage 3 train $SPEECHKD train --config "$conf" --labels "$exp/labels/kept.js
   --set "train.num_threads=$threads"
 run_stage 4 eval bash -c "$SPEECHKD eval --model '$teacher' --backend ctranslate2 --compute-type int8 --data '$test' \
   --num-threads $threads --out '$exp/eval/teacher' && $SPEECHKD eval --model '$exp/student/final' --data '$test' \
-  --num-threads $threads --out '$exp/eval/student'"
-run_stage 5 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --quantize dynamic --data "$test"
+  --num-threads $threads --out '$exp/eval/student' \
+  && $SPEECHKD lm --text '$exp/labels/kept.jsonl' --out '$exp/lm/kept.3gram.arpa' \
+  && $SPEECHKD eval --model '$exp/student/final' --data '$test' --num-threads $threads \
+  --lm '$exp/lm/kept.3gram.arpa' --out '$exp/eval/student_lm'"
+run_stage 5 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --quantize dynamic --data "$test" \
+  --lm "$exp/lm/kept.3gram.arpa"
 run_stage 6 device bash -c "$SPEECHKD eval --model '$exp/onnx' --data '$test' --num-threads $threads \
   --out '$exp/eval/student_onnx_int8' && $PY -m speechkd_runtime '$exp/onnx' --num-threads $threads \
   \$($PY -c \"from speechkd.data import open_data; print(*[u.audio for u in open_data('$test')[:2]])\")"
-run_stage 7 report $SPEECHKD report "$exp/eval/teacher" "$exp/eval/student" "$exp/eval/student_onnx_int8"
+run_stage 7 report $SPEECHKD report "$exp/eval/teacher" "$exp/eval/student" "$exp/eval/student_lm" \
+  "$exp/eval/student_onnx_int8"
