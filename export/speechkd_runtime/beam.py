@@ -32,13 +32,14 @@ NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class BeamSearchOptions:
-    """Decoding settings. The defaults were tuned for a character CTC student with a word trigram from its
-    own pseudo-labels (benchmarks/ctc_students.py sweeps them on a dev set); retune for other models/LMs."""
+    """Decoding settings. The defaults are what benchmarks/ctc_students.py chose on its synthetic dev set for
+    a character CTC student (Whisper-encoder, 800 steps) with a word trigram from its pseudo-labels; choose
+    your own with speechkd.evaluate.sweep_ctc_decoding for another model or LM."""
 
-    beam_size: int = 8
-    lm_weight: float = 0.35  # alpha: weight of the LM's natural-log probability
-    word_score: float = 2.0  # beta: bonus per word, offsets the LM's preference for short outputs
-    unk_score: float = -6.0  # added for a partial or completed word the LM does not know
+    beam_size: int = 16
+    lm_weight: float = 0.2  # alpha: weight of the LM's natural-log probability
+    word_score: float = 1.0  # beta: bonus per word, offsets the LM's preference for short outputs
+    unk_score: float = -8.0  # added for a partial or completed word the LM does not know
     token_min_logp: float = -5.0  # tokens below this log-probability are not tried at a frame
     blank_skip_prob: float = 0.999  # frames this sure of blank only extend by blank/repeat
 
