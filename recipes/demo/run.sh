@@ -9,7 +9,8 @@
 #   3 train    distil a CTC student (teacher-initialised encoder, conf/ctc.yaml)
 #   4 eval     teacher and student on the held-out test data (WER, real-time factor, size); the student
 #              both greedy and with beam search over a word trigram built from the kept pseudo-labels
-#   5 export   int8 ONNX + the trigram (lm.arpa) + verification against PyTorch
+#   5 export   int8 ONNX + the trigram (lm.arpa) + verification against PyTorch (reported; a failed int8
+#              check does not stop the demo)
 #   6 device   transcribe with the torch-free runtime (speechkd_runtime, with the LM) and evaluate it the same way
 #   7 report   the teacher-vs-student table
 # Options: --data/--test take an audio folder, a JSONL manifest or a saved HF dataset (--test needs
@@ -53,10 +54,15 @@ run_stage 4 eval bash -c "$SPEECHKD eval --model '$teacher' --backend ctranslate
   && $SPEECHKD lm --text '$exp/labels/kept.jsonl' --out '$exp/lm/kept.3gram.arpa' \
   && $SPEECHKD eval --model '$exp/student/final' --data '$test' --num-threads $threads \
   --lm '$exp/lm/kept.3gram.arpa' --out '$exp/eval/student_lm'"
-run_stage 5 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --quantize dynamic --data "$test" \
-  --lm "$exp/lm/kept.3gram.arpa"
-run_stage 6 device bash -c "$SPEECHKD eval --model '$exp/onnx' --data '$test' --num-threads $threads \
-  --out '$exp/eval/student_onnx_int8' && $PY -m speechkd_runtime '$exp/onnx' --num-threads $threads \
+# Exit 1 = the int8 model lost more WER than verification allows (it then is not the runtime's default).
+# The demo's student is weak and its test set small, so that can happen; the demo goes on and evaluates
+# the int8 model anyway (stage 6), so the table shows what int8 costs. Any other failure stops the demo.
+run_stage 5 export bash -c "$SPEECHKD export '$exp/student/final' --out '$exp/onnx' --quantize dynamic --data '$test' \
+  --lm '$exp/lm/kept.3gram.arpa'; rc=\$?; if [ \$rc -eq 1 ]; then echo 'demo: continuing; stage 6 evaluates the int8 model'; \
+  else exit \$rc; fi"
+run_stage 6 device bash -c "$SPEECHKD eval --model '$exp/onnx' --variant model.int8.onnx --data '$test' \
+  --num-threads $threads --out '$exp/eval/student_onnx_int8' \
+  && $PY -m speechkd_runtime '$exp/onnx' --variant model.int8.onnx --num-threads $threads \
   \$($PY -c \"from speechkd.data import open_data; print(*[u.audio for u in open_data('$test')[:2]])\")"
 run_stage 7 report $SPEECHKD report "$exp/eval/teacher" "$exp/eval/student" "$exp/eval/student_lm" \
   "$exp/eval/student_onnx_int8"
