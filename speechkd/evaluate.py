@@ -65,14 +65,14 @@ class EvalConfig:
             raise ValueError("batch_size must be >= 1")
         if self.lm and self.greedy:
             raise ValueError("lm and greedy contradict each other: drop --greedy to decode with the LM")
+        if not self.data:
+            raise ValueError("data is required: an audio folder, a JSONL manifest or a saved HF dataset")
         if self.lm:
             self.beam_options().validate()
 
     def beam_options(self) -> BeamSearchOptions:
         return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
                                  unk_score=self.unk_score)
-        if not self.data:
-            raise ValueError("data is required: an audio folder, a JSONL manifest or a saved HF dataset")
 
 
 class WhisperRecognizer:

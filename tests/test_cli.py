@@ -51,6 +51,7 @@ def test_label_to_hf_dataset(synth_corpus, cache_env, tmp_path):
     (["synth", "--out", "x", "--num-utterances", "0"], "num_utterances"),
     (["label", "--data", "nowhere/", "--out", "l.jsonl"], "nowhere"),
     (["label", "--data", ".", "--out", "l.jsonl", "--num-shards", "2", "--shard-id", "5"], "shard_id"),
+    (["eval", "--model", "bundled:tiny.en"], "data is required"),
 ])
 def test_bad_input_is_one_clear_line(args, needle, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

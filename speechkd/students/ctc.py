@@ -1,4 +1,5 @@
-"""What every CTC student shares: the model contract, decoding (greedy or LM beam search), the Recognizer, save/load, registration.
+"""What every CTC student shares: the model contract, decoding (greedy or LM beam search), the Recognizer,
+save/load, registration.
 
 The contract (kept by every family, relied on by ONNX export and the on-device runtime):
 ``model(x, x_lens) -> (log_probs [B, T', V] float32 log-softmaxed, out_lens [B] int64)`` where x is
