@@ -21,6 +21,7 @@ import numpy as np
 from speechkd.config import ConfigError, save_config
 from speechkd.data import AudioConfig, SkipList, Utterance, iter_audio, open_data
 from speechkd.io import atomic_write_json, write_jsonl
+from speechkd.lm import BeamSearchFields
 from speechkd.metrics import real_time_factor, score
 from speechkd_runtime.beam import BeamSearchOptions
 
@@ -40,7 +41,7 @@ class Recognizer(Protocol):
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(BeamSearchFields):
     model: str = "bundled:tiny.en"
     data: str = ""
     backend: Literal["transformers", "ctranslate2", "auto"] = "auto"
@@ -51,13 +52,8 @@ class EvalConfig:
     compute_type: str = "default"  # ctranslate2 backend: default|int8|float32...
     variant: str | None = None  # ONNX export dirs: which graph (e.g. model.int8.onnx; Whisper: fp32|int8)
     warmup: bool = True
-    # CTC models: beam search with a word n-gram (an ARPA file, e.g. from `speechkd lm`). Without `lm`,
-    # decoding is greedy, or what an ONNX export's config.json ships (`speechkd export --lm`).
-    lm: str | None = None
-    beam_size: int = BeamSearchOptions.beam_size
-    lm_weight: float = BeamSearchOptions.lm_weight
-    word_score: float = BeamSearchOptions.word_score
-    unk_score: float = BeamSearchOptions.unk_score
+    # CTC models (BeamSearchFields): beam search with `lm`. Without it, decoding is greedy, or what an ONNX
+    # export's config.json ships (`speechkd export --lm`).
     greedy: bool = False  # greedy CTC decoding even when the export ships an LM
 
     def validate(self) -> None:
@@ -69,10 +65,6 @@ class EvalConfig:
             raise ValueError("data is required: an audio folder, a JSONL manifest or a saved HF dataset")
         if self.lm:
             self.beam_options().validate()
-
-    def beam_options(self) -> BeamSearchOptions:
-        return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
-                                 unk_score=self.unk_score)
 
 
 class WhisperRecognizer:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from speechkd.text import normalize
+from speechkd_runtime.beam import BeamSearchOptions
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 KN_DISCOUNT = 0.75  # the classic single absolute discount (Kneser & Ney 1995; Chen & Goodman 1998)
@@ -226,6 +227,21 @@ class DecodingLMConfig:
             raise LMError("text is required: a labels JSONL (e.g. exp/x/labels/kept.jsonl) or a text file")
         if self.order < 1:
             raise LMError(f"order must be >= 1, got {self.order}")
+
+
+@dataclass(frozen=True)
+class BeamSearchFields:
+    """Config fields for CTC beam search with an ARPA LM, shared by `speechkd eval` and `speechkd export`."""
+
+    lm: str | None = None  # an ARPA word n-gram (`speechkd lm`); None: greedy decoding
+    beam_size: int = BeamSearchOptions.beam_size
+    lm_weight: float = BeamSearchOptions.lm_weight
+    word_score: float = BeamSearchOptions.word_score
+    unk_score: float = BeamSearchOptions.unk_score
+
+    def beam_options(self) -> BeamSearchOptions:
+        return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
+                                 unk_score=self.unk_score)
 
 
 def read_sentences(path: str | os.PathLike) -> list[str]:

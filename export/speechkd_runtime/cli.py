@@ -47,14 +47,12 @@ def main(argv: list[str] | None = None) -> int:
             from .ctc import CtcModel
 
             beam = None
-            if args.beam_size is not None:
+            if args.beam_size is not None:  # the shipped settings, with another beam width
                 from dataclasses import replace
 
-                from .beam import BeamSearchOptions
+                from .ctc import shipped_decoding
 
-                shipped = dict(read_config(args.model_dir).get("decoding") or {})
-                shipped.pop("lm", None)
-                beam = replace(BeamSearchOptions(**shipped), beam_size=args.beam_size)
+                beam = replace(shipped_decoding(args.model_dir)[1], beam_size=args.beam_size)
             model = CtcModel(args.model_dir, model_file=args.variant, num_threads=args.num_threads,
                              lm=args.lm, beam=beam, greedy=args.greedy)
             run = lambda path: model.transcribe_files([path], batch_size=args.batch_size)[0]  # noqa: E731

@@ -126,6 +126,18 @@ def plan_chunks(samples: np.ndarray, sample_rate: int, *, max_chunk_s: float = 3
     return chunks
 
 
+def shipped_decoding(model_dir: str | os.PathLike) -> tuple[str | None, BeamSearchOptions]:
+    """config.json's `decoding` section: (the LM file name or None, the beam-search settings)."""
+    shipped = dict(read_config(model_dir).get("decoding") or {})
+    lm_file = shipped.pop("lm", None)
+    known = set(BeamSearchOptions.__dataclass_fields__)
+    unknown = set(shipped) - known
+    if unknown:
+        raise ModelDirError(f"{Path(model_dir) / CONFIG_FILE}: unknown decoding setting(s) {sorted(unknown)}; "
+                            f"known: {sorted(known)}")
+    return lm_file, BeamSearchOptions(**shipped)
+
+
 class CtcModel:
     """One exported CTC model on onnxruntime.
 
@@ -190,21 +202,13 @@ class CtcModel:
         self.beam_search = None if greedy else self._beam_search(lm, beam)
 
     def _beam_search(self, lm: str | os.PathLike | None, beam: BeamSearchOptions | None) -> CtcBeamSearch | None:
-        shipped = dict(self.config.get("decoding") or {})
-        lm_file = shipped.pop("lm", None)
+        lm_file, shipped = shipped_decoding(self.model_dir)
         lm_path = Path(lm) if lm is not None else (self.model_dir / lm_file if lm_file else None)
         if lm_path is None and beam is None:
             return None
-        if beam is None:
-            known = set(BeamSearchOptions.__dataclass_fields__)
-            unknown = set(shipped) - known
-            if unknown:
-                raise ModelDirError(f"{self.model_dir / CONFIG_FILE}: unknown decoding setting(s) {sorted(unknown)}; "
-                                    f"known: {sorted(known)}")
-            beam = BeamSearchOptions(**shipped)
         from .ngram import NgramLM
 
-        return CtcBeamSearch(self.tokens, self.blank_id, NgramLM(lm_path) if lm_path else None, beam)
+        return CtcBeamSearch(self.tokens, self.blank_id, NgramLM(lm_path) if lm_path else None, beam or shipped)
 
     # ------------------------------------------------------------------------------ building blocks
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from speechkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from speechkd.lm import BeamSearchFields
 from speechkd_runtime.beam import BeamSearchOptions
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class ExportError(ValueError):
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(BeamSearchFields):
     quantize: tuple[str, ...] = ("dynamic",)  # any of "dynamic", "static"; () exports fp32 only
     opset: int = 17
     calibration: str | None = None  # manifest (or audio folder / dataset) for static int8 calibration
@@ -80,16 +81,7 @@ class ExportConfig:
     max_wer_increase: float = 1.0  # WER points an int8 model may lose vs PyTorch before verification fails
     batch_size: int = 8
     num_threads: int | None = None  # onnxruntime threads during verification
-    # An ARPA word n-gram (`speechkd lm`) to ship as lm.arpa: the runtime then beam-searches with it by default.
-    lm: str | None = None
-    beam_size: int = BeamSearchOptions.beam_size
-    lm_weight: float = BeamSearchOptions.lm_weight
-    word_score: float = BeamSearchOptions.word_score
-    unk_score: float = BeamSearchOptions.unk_score
-
-    def beam_options(self) -> BeamSearchOptions:
-        return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,
-                                 unk_score=self.unk_score)
+    # BeamSearchFields: `lm` is shipped as lm.arpa and the runtime then beam-searches with it by default.
 
     def validate(self) -> None:
         bad = [m for m in self.quantize if m not in QUANT_MODES]
