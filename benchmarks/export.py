@@ -10,7 +10,8 @@ synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and dynamic 
 variant on the same held-out test utterances with 2 threads: PyTorch through the student's recogniser,
 ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device). CTC students are also
 run with the word-trigram beam search benchmarks/ctc_students.py built and tuned (PyTorch fp32 + LM vs
-ONNX int8 + LM), when its results are there.
+ONNX int8 + LM), when its results are there. The teacher (bundled base) goes through the same Whisper
+export as a reference row: what int8 costs a well-trained Whisper model rather than a short-trained student.
 Goal: int8 >= 3.5x smaller than fp32, >= 1.5x faster than PyTorch fp32, WER within +0.5 of PyTorch.
 """
 
@@ -38,6 +39,7 @@ def main() -> None:
     from speechkd.data import open_data
     from speechkd.evaluate import RuntimeRecognizer, WhisperRecognizer, evaluate
     from speechkd.export.ctc import ExportConfig, export_student
+    from speechkd.export.whisper_onnx import export_whisper
     from speechkd.metrics import bytes_on_disk
     from speechkd.students import student_recognizer
     from speechkd.teachers import load_whisper
@@ -51,6 +53,7 @@ def main() -> None:
         students["whisper dec2 filtered"] = whisper
     if not students:
         raise SystemExit(f"no trained students under {WORK}; run benchmarks/ctc_students.py and whisper_student.py")
+    students["whisper base (teacher, reference)"] = "bundled:base"
     tests = {p.name.removesuffix("_test.jsonl"): p for p in sorted(WORK.glob("*_test.jsonl"))}
     tests = {"synthetic": WORK / "corpus" / "test.jsonl", **tests}
     utts = {k: open_data(v, require_text=True)[: args.max_test] for k, v in tests.items()}
@@ -63,16 +66,20 @@ def main() -> None:
             best = sweep[0]
             lm_setup[name] = (res["lms"][best["lm"]]["arpa"],
                               BeamSearchOptions(**{k: v for k, v in best.items() if k not in ("wer", "lm")}))
-    rows = []
+    rows, weights = [], {}  # weights: PyTorch safetensors bytes of Whisper models (the teacher's live in the cache)
     for name, student_dir in students.items():
-        out = WORK / "onnx" / name.replace(" ", "_")
+        out = WORK / "onnx" / name.split(" (")[0].replace(" ", "_")
         is_whisper = name.startswith("whisper ")
-        cfg = ExportConfig(quantize=("dynamic",) if is_whisper else ("dynamic", "static"), calibration=None if is_whisper
-                           else calibration, num_threads=2)
-        export_student(student_dir, out, cfg)
+        if is_whisper:
+            export_whisper(student_dir, out, quantize=("dynamic",))
+        else:
+            export_student(student_dir, out, ExportConfig(quantize=("dynamic", "static"), calibration=calibration,
+                                                          num_threads=2))
         config = json.loads((out / "config.json").read_text())
         if is_whisper:
-            variants = {"PyTorch fp32": WhisperRecognizer(load_whisper(student_dir), backend="transformers")}
+            model = load_whisper(student_dir)
+            weights[name] = bytes_on_disk(sorted(Path(model.hf_dir).glob("*.safetensors")))
+            variants = {"PyTorch fp32": WhisperRecognizer(model, backend="transformers")}
             variants.update({f"ONNX {v}": RuntimeRecognizer(out, variant=v, num_threads=2) for v in config["files"]})
         else:
             variants = {"PyTorch fp32": student_recognizer(student_dir, batch_size=8)}
@@ -84,7 +91,8 @@ def main() -> None:
                 variants["ONNX int8-dynamic + LM"] = RuntimeRecognizer(out, variant=config["onnx"]["int8-dynamic"],
                                                                        num_threads=2, lm=arpa, beam=beam)
         for label, rec in variants.items():
-            size = rec.size_bytes() if label.startswith("ONNX") else bytes_on_disk(sorted(student_dir.glob("*.safetensors")))
+            size = rec.size_bytes() if label.startswith("ONNX") else weights.get(name) or bytes_on_disk(
+                sorted(student_dir.glob("*.safetensors")))
             for test_name, items in utts.items():
                 r = evaluate(rec, items, batch_size=8)
                 rows.append({"student": name, "variant": label, "test": test_name, "wer": r["wer"],
