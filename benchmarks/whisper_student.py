@@ -1,7 +1,8 @@
 """Distil-Whisper students of bundled base: WER, speed and size vs the teacher, filtered vs unfiltered labels.
 
 Usage:
-    .venv/bin/python benchmarks/whisper_student.py            # full run (~45-60 min on 2 CPU cores)
+    .venv/bin/python benchmarks/whisper_student.py            # full run: ~56 min on 2 CPU cores (42 training,
+                                                              # 14 evaluating) + 15-30 min labelling on a first run
     .venv/bin/python benchmarks/whisper_student.py --quick    # tiny settings, for tests (no BENCHMARKS.md)
     .venv/bin/python benchmarks/whisper_student.py --steps 200 --max-test 100
 

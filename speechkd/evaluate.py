@@ -128,7 +128,10 @@ class RuntimeRecognizer:
         self.name = f"{self.model_dir.name} [onnxruntime {label}]"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
-        return self.model.transcribe([np.asarray(a, dtype=np.float32) for a in audios], sample_rate=16000)
+        audios = [np.asarray(a, dtype=np.float32) for a in audios]
+        if self.config.get("model_type") == "whisper":  # one batch, as the caller gave it (as for PyTorch models)
+            return self.model.transcribe(audios, sample_rate=16000, batch_size=max(1, len(audios)))
+        return self.model.transcribe(audios, sample_rate=16000)
 
     def num_parameters(self) -> int | None:
         return self.config.get("num_parameters")

@@ -71,11 +71,16 @@ def test_onnx_encoder_and_cached_decoder_match_pytorch(exported, teacher):
         ref_logits = model(input_features=mel, decoder_input_ids=tokens).logits.numpy()
     enc = ort.InferenceSession(str(exported / "encoder.onnx"))
     dec = ort.InferenceSession(str(exported / "decoder.onnx"))
-    hidden, cross_k, cross_v = enc.run(None, {"mel": mel.numpy()})
+    hidden, *cross = enc.run(None, {"mel": mel.numpy()})
     np.testing.assert_allclose(hidden, ref_hidden, atol=ENCODER_ATOL)
+    # One key and one value input per decoder layer, keys already transposed: [B, heads, head_dim, frames].
+    names = [o.name for o in enc.get_outputs()][1:]
+    assert names == [i.name for i in dec.get_inputs()][3:] == ["cross_k_0", "cross_k_1", "cross_v_0", "cross_v_1"]
+    heads = model.config.decoder_attention_heads
+    assert cross[0].shape == (2, heads, 64 // heads, 1500) and cross[2].shape == (2, heads, 1500, 64 // heads)
     # Prompt + two tokens with an empty cache, then the rest one at a time from the cache.
     empty = np.zeros((2, 2, 0, 64), dtype=np.float32)
-    feeds = {"self_k": empty, "self_v": empty, "cross_k": cross_k, "cross_v": cross_v}
+    feeds = {"self_k": empty, "self_v": empty, **dict(zip(names, cross))}
     logits, k, v = dec.run(None, {"tokens": tokens[:, :3].numpy(), **feeds})
     parts = [logits]
     for i in (3, 4):

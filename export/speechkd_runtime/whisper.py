@@ -101,6 +101,8 @@ class WhisperModel:
                 raise ModelDirError(f"{path} is missing; re-export the model")
             sessions[role] = ort.InferenceSession(str(path), opts, providers=providers)
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
+        self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         self.sample_rate = int(self.config.get("sample_rate", 16000))
         self.chunk_seconds = float(self.config.get("chunk_seconds", 30))
         self.n_mels = int(self.config["n_mels"])
@@ -130,7 +132,9 @@ class WhisperModel:
         """Greedy token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]."""
         mel = np.ascontiguousarray(mel, dtype=np.float32)
         batch = mel.shape[0]
-        _, cross_k, cross_v = self.encoder.run(None, {"mel": mel})
+        # The encoder's outputs the decoder takes (by name): per-layer cross K/V, or stacked ones in format 1.
+        cross = {name: value for name, value in zip(self._encoder_outputs, self.encoder.run(None, {"mel": mel}))
+                 if name in self._decoder_inputs}
         layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
         self_k = np.zeros((layers, batch, 0, d_model), dtype=np.float32)
         self_v = self_k
@@ -139,7 +143,7 @@ class WhisperModel:
         done = np.zeros(batch, dtype=bool)
         for step in range(self.max_new_tokens):
             logits, self_k, self_v = self.decoder.run(None, {"tokens": tokens, "self_k": self_k, "self_v": self_v,
-                                                             "cross_k": cross_k, "cross_v": cross_v})
+                                                             **cross})
             last = logits[:, -1, :].astype(np.float32, copy=True)
             if self.suppress.size:
                 last[:, self.suppress] = -np.inf
