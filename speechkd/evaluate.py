@@ -129,7 +129,8 @@ class RuntimeRecognizer:
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
         audios = [np.asarray(a, dtype=np.float32) for a in audios]
-        if self.config.get("model_type") == "whisper":  # one batch, as the caller gave it (as for PyTorch models)
+        if self.config.get("model_type") == "whisper" and self.model.batch_independent:
+            # One batch, as the caller gave it (as for PyTorch models); int8 graphs go one clip at a time.
             return self.model.transcribe(audios, sample_rate=16000, batch_size=max(1, len(audios)))
         return self.model.transcribe(audios, sample_rate=16000)
 

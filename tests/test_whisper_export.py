@@ -110,6 +110,9 @@ def test_int8_variant_runs(exported, audios):
     assert len(ids) == 2 and all(len(seq) <= cfg["max_new_tokens"] for seq in ids)
     assert all(0 <= i < cfg["vocab_size"] for seq in ids for i in seq)
     assert isinstance(runtime.transcribe(exported, audios[0], variant="int8"), str)
+    # Dynamic int8 scales come from the whole batch: int8 decodes one clip per call, so batch mates do not matter.
+    assert model.default_batch_size == 1 and runtime.WhisperModel(exported).default_batch_size > 1
+    assert model.transcribe(audios[:3]) == [model.transcribe([a])[0] for a in audios[:3]]
     with pytest.raises(ValueError, match="no 'fp16' variant"):
         runtime.WhisperModel(exported, variant="fp16")
 

@@ -102,6 +102,11 @@ class WhisperModel:
             sessions[role] = ort.InferenceSession(str(path), opts, providers=providers)
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
+        # The int8 graphs quantise activations dynamically, one scale per tensor over the whole batch, so a
+        # clip's transcript would depend on its batch mates: they decode one clip per call unless told
+        # otherwise (as dynamic-int8 CTC exports do).
+        self.batch_independent = self.variant != "int8"
+        self.default_batch_size = 4 if self.batch_independent else 1
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         self.sample_rate = int(self.config.get("sample_rate", 16000))
         self.chunk_seconds = float(self.config.get("chunk_seconds", 30))
@@ -166,7 +171,7 @@ class WhisperModel:
 
     # ------------------------------------------------------------------------------ transcription
 
-    def transcribe(self, audios: Sequence[np.ndarray], sample_rate: int | None = None, batch_size: int = 4,
+    def transcribe(self, audios: Sequence[np.ndarray], sample_rate: int | None = None, batch_size: int | None = None,
                    language: str | None = None) -> list[str]:
         """Transcripts of mono float32 arrays (at sample_rate, default 16 kHz); long ones are chunked."""
         rate = self.sample_rate if sample_rate is None else int(sample_rate)
@@ -180,6 +185,7 @@ class WhisperModel:
                 pieces.append(x[a:b])
                 owner.append(k)
         texts: list[list[str]] = [[] for _ in audios]
+        batch_size = batch_size or self.default_batch_size
         for start in range(0, len(pieces), batch_size):
             chunk = pieces[start:start + batch_size]
             ids = self.generate(np.stack([self.features(p) for p in chunk]), language)
