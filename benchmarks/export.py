@@ -127,8 +127,9 @@ def report(result: dict) -> str:
             lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs[base] / secs[v]:.2f}× | {wers} |")
     lines += ["", "Size vs fp32 compares with the ONNX fp32 file (the LM file is not counted); speed = PyTorch fp32 "
               "seconds / variant seconds on the same utterances, \"+ LM\" rows against PyTorch fp32 + LM (search "
-              "time included). Dynamic-int8 CTC graphs run one utterance per call: their activation scales would "
-              "otherwise depend on the batch's padding. \"+ LM\": the trigram and settings of the CTC-student "
+              "time included). Dynamic-int8 graphs run one utterance per call: their activation scales would "
+              "otherwise depend on the batch mates (and, for CTC, on their padding); PyTorch and the other ONNX "
+              "variants run batches of 8. The Whisper teacher row is a reference, not a student. \"+ LM\": the trigram and settings of the CTC-student "
               "benchmark."]
     return "\n".join(lines)
 
