@@ -173,3 +173,39 @@ def test_ct2_export_runs_in_faster_whisper(tiny_whisper_dir, teacher, audios, tm
                            suppress_blank=True, suppress_tokens=list(teacher.model.generation_config.suppress_tokens))
     got = [teacher._strip(r.sequences_ids[0], prompt) for r in results]
     assert got == teacher.generate_token_ids(audios, batch_size=len(audios))
+
+
+def test_verify_whisper_export_against_pytorch(exported, tiny_whisper_dir, synth_corpus, tmp_path):
+    from speechkd.export.verify import VerifyError, verify
+
+    data = str(synth_corpus / "dev.jsonl")
+    assert json.loads((exported / "config.json").read_text())["source_student_dir"] == str(tiny_whisper_dir)
+    # The random tiny model's transcripts are noise, so the int8 WER allowance is opened wide here: this
+    # checks the fp32 log-prob comparison and the report, not int8 quality.
+    report = verify(exported, data, max_utterances=3, max_wer_increase=1000.0, report_path=tmp_path / "v.json")
+    assert report["passed"] and set(report["variants"]) == {"fp32", "int8"}
+    fp32 = report["variants"]["fp32"]
+    assert fp32["max_abs_logprob_diff"] < 1e-3 and fp32["frame_argmax_agreement"] == 1.0
+    assert fp32["wer_vs_pytorch"] == 0.0  # same greedy transcripts as PyTorch
+    assert json.loads((tmp_path / "v.json").read_text())["passed"]
+    # An impossible tolerance fails fp32, names it, and still writes the report.
+    with pytest.raises(VerifyError, match="fp32: max \\|log-prob difference\\|") as e:
+        verify(exported, data, max_utterances=2, tolerance=0.0, max_wer_increase=1000.0,
+               report_path=tmp_path / "bad.json")
+    assert not e.value.report["passed"] and (tmp_path / "bad.json").is_file()
+
+
+def test_export_with_data_verifies_whisper(tiny_whisper_dir, teacher_cache, synth_corpus, tmp_path, monkeypatch):
+    from speechkd.export.ctc import ExportConfig, export_student
+    from speechkd.export.verify import VerifyError
+    from speechkd.students import build_student, save_student
+
+    monkeypatch.setenv("SPEECHKD_CACHE", str(teacher_cache))
+    student = save_student(build_student("whisper", {"teacher": str(tiny_whisper_dir), "decoder_layers": 1}),
+                           tmp_path / "student")
+    data = str(synth_corpus / "dev.jsonl")
+    result = export_student(student, tmp_path / "ok", ExportConfig(data=data, max_utterances=2, max_wer_increase=1000.0))
+    assert result["report"]["passed"] and (tmp_path / "ok" / "verify.json").is_file()
+    with pytest.raises(VerifyError, match="fp32"):  # a failing export says so (the CLI exits 1)
+        export_student(student, tmp_path / "bad", ExportConfig(data=data, max_utterances=2, tolerance=1e-12,
+                                                                        max_wer_increase=1000.0))

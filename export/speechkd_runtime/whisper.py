@@ -133,6 +133,17 @@ class WhisperModel:
             prompt[1] = int(lang)
         return prompt
 
+    def logits(self, mel: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Decoder logits [B, T, V] for whole token sequences [B, T] (prompt included), in one call with an
+        empty cache: what `speechkd verify` compares with PyTorch."""
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        cross = {name: value for name, value in zip(self._encoder_outputs, self.encoder.run(None, {"mel": mel}))
+                 if name in self._decoder_inputs}
+        layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
+        empty = np.zeros((layers, mel.shape[0], 0, d_model), dtype=np.float32)
+        return self.decoder.run(None, {"tokens": np.asarray(tokens, dtype=np.int64), "self_k": empty,
+                                       "self_v": empty, **cross})[0]
+
     def generate(self, mel: np.ndarray, language: str | None = None) -> list[list[int]]:
         """Greedy token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]."""
         mel = np.ascontiguousarray(mel, dtype=np.float32)

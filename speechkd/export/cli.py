@@ -34,7 +34,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported to {args.out}: {json.dumps(result['config'].get('onnx', result['config']))}")
     if result["report"]:
         print(format_report(result["report"]))
-        print(f"verified; the runtime loads {result['config']['default_model']} by default")
+        default = result["config"].get("default_model") or result["config"].get("default_variant", "fp32")
+        print(f"verified; the runtime loads {default} by default")
     elif not cfg.data:
         print("not verified on audio (pass --data MANIFEST to compare ONNX with PyTorch and check int8 WER)")
     return 0
@@ -76,7 +77,7 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
 def add_verify_parser(sub) -> argparse.ArgumentParser:
     from speechkd.export.verify import DEFAULT_MAX_WER_INCREASE, DEFAULT_TOLERANCE
 
-    p = sub.add_parser("verify", help="compare an exported CTC model with its PyTorch student on audio")
+    p = sub.add_parser("verify", help="compare an exported CTC or Whisper model with its PyTorch student on audio")
     p.add_argument("model_dir", type=Path, help="directory written by `speechkd export`")
     p.add_argument("--data", required=True, help="manifest / audio folder / dataset with the audio to check on")
     p.add_argument("--student", type=Path, default=None, help="PyTorch student (default: the one it was exported from)")

@@ -385,7 +385,14 @@ def export_student(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
         written = Path(export_whisper(student_dir, out_dir, quantize=tuple(config.quantize)))
         cfg_path = written / CONFIG_FILE
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {"out_dir": str(written)}
-        return {"config": cfg, "report": None}
+        report = None
+        if config.data:  # a failure raises VerifyError; fp32 stays the runtime's default variant either way
+            from speechkd.export.verify import verify
+
+            report = verify(written, config.data, tolerance=config.tolerance, max_wer_increase=config.max_wer_increase,
+                            max_utterances=config.max_utterances, batch_size=config.batch_size,
+                            num_threads=config.num_threads)
+        return {"config": cfg, "report": report}
     if Path(out_dir).resolve() == Path(student_dir).resolve():
         raise ExportError("--out must differ from the student directory (its config.json would be overwritten)")
     cfg = export_ctc(student_dir, out_dir, config)

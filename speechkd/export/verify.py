@@ -105,9 +105,13 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    if config.get("model_type") == "whisper":
+        return verify_whisper(model_dir, data, model=model, tolerance=tolerance, max_wer_increase=max_wer_increase,
+                              max_utterances=max_utterances, batch_size=batch_size, num_threads=num_threads,
+                              report_path=report_path)
     if config.get("model_type") != "ctc":
         raise VerifyError(f"{model_dir}: model_type {config.get('model_type')!r}; `speechkd verify` checks CTC "
-                          f"exports (Whisper exports are checked by their own exporter)", {})
+                          f"and Whisper exports", {})
     torch_model = _load_torch_model(model_dir, config, model)
     _check_same_model(torch_model, config, model_dir)
     frontend = dict(config["frontend"])
@@ -164,6 +168,92 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
                                           f"({report['int8_criterion']}), more than the allowed {max_wer_increase}")
         entry["passed"] = bool(ok)
         report["variants"][name] = entry
+    return _finish(report, model_dir, report_path)
+
+
+def verify_whisper(model_dir: Path, data: str, *, model: Any = None, tolerance: float = DEFAULT_TOLERANCE,
+                   max_wer_increase: float = DEFAULT_MAX_WER_INCREASE, max_utterances: int | None = None,
+                   batch_size: int = 8, num_threads: int | None = None,
+                   report_path: str | os.PathLike | None = None) -> dict:
+    """The Whisper counterpart of verify(): each variant's decoder log-probabilities, teacher-forced on the
+    PyTorch model's greedy tokens, against PyTorch's (fp32 must stay within `tolerance`), and each variant's
+    greedy WER against PyTorch's (int8 may lose at most `max_wer_increase` points)."""
+    import torch
+
+    from speechkd.data import AudioConfig, SkipList, iter_audio, open_data
+    from speechkd.evaluate import WhisperRecognizer
+    from speechkd.teachers import load_whisper
+    from speechkd.teachers.bundled import TeacherLoadError
+    from speechkd_runtime.whisper import WhisperModel, read_config
+
+    config = read_config(model_dir)
+    source = model or config.get("source_student_dir")
+    if not source:
+        raise VerifyError(f"{model_dir}/config.json does not name the model it was exported from; pass --student "
+                          f"with the Whisper student (or teacher) directory", {})
+    try:
+        teacher = load_whisper(str(source))
+    except TeacherLoadError as e:
+        raise VerifyError(f"cannot load the PyTorch model {source} to verify {model_dir} against: {e}", {}) from e
+    utts = open_data(data)[:max_utterances] if max_utterances else open_data(data)
+    items = list(iter_audio(utts, AudioConfig(sample_rate=16000, max_duration_s=30.0), SkipList(None, "verify")))
+    if not items:
+        raise VerifyError(f"no usable audio in {data} to verify {model_dir} with", {})
+    audios = [a for _, a in items]
+    torch_model = WhisperRecognizer(teacher, backend="transformers", batch_size=batch_size)
+    torch_hyps = torch_model.transcribe(audios)
+    runtimes = {name: WhisperModel(model_dir, variant=name, num_threads=num_threads) for name in config["files"]}
+    fp32 = runtimes.get("fp32") or next(iter(runtimes.values()))
+    # Teacher-forced comparison on up to `batch_size` clips: the prompt plus PyTorch's own greedy tokens.
+    probe = list(range(min(batch_size, len(audios))))
+    mels = np.stack([fp32.features(audios[i]) for i in probe])
+    ids = teacher.generate_token_ids([audios[i] for i in probe], batch_size=len(probe))
+    prompt = fp32.prompt()
+    ref_lp, run_lp = [], {name: [] for name in runtimes}
+    hf = teacher.model.float().eval()
+    for j, i in enumerate(probe):
+        tokens = np.array([prompt + list(ids[j])], dtype=np.int64)
+        with torch.no_grad():
+            logits = hf(input_features=torch.from_numpy(mels[j:j + 1]), decoder_input_ids=torch.from_numpy(tokens)).logits
+        ref_lp.append(torch.log_softmax(logits.float(), -1)[0].numpy())
+        for name, rt in runtimes.items():
+            out = rt.logits(mels[j:j + 1], tokens)[0].astype(np.float64)
+            run_lp[name].append(out - np.logaddexp.reduce(out, axis=-1, keepdims=True))
+    has_refs = all(u.text for u, _ in items)
+    refs = [u.text or "" for u, _ in items]
+    report: dict[str, Any] = {
+        "model_dir": str(model_dir), "data": str(data), "source": str(source), "num_utterances": len(items),
+        "tolerance": tolerance, "max_wer_increase": max_wer_increase,
+        "int8_criterion": "WER vs references" if has_refs else "WER vs PyTorch transcripts",
+        "pytorch": {"wer": _wer(refs, torch_hyps) if has_refs else None}, "variants": {}, "failures": [],
+    }
+    for name, rt in runtimes.items():
+        hyps = rt.transcribe(audios)
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(ref_lp, run_lp[name]))
+        agree = float(np.mean([np.mean(a.argmax(-1) == b.argmax(-1)) for a, b in zip(ref_lp, run_lp[name])]))
+        files = config["files"][name]
+        entry = {"file": "+".join(files.values()) if isinstance(files, dict) else str(files),
+                 "max_abs_logprob_diff": diff, "frame_argmax_agreement": round(agree, 5),
+                 "wer": _wer(refs, hyps) if has_refs else None, "wer_vs_pytorch": _wer(torch_hyps, hyps)}
+        if name == "fp32":
+            ok = diff <= tolerance
+            if not ok:
+                report["failures"].append(f"fp32: max |log-prob difference| {diff:.3g} > tolerance {tolerance} "
+                                          f"(the ONNX graphs do not compute what the PyTorch model computes)")
+        else:
+            loss = entry["wer"] - report["pytorch"]["wer"] if has_refs else entry["wer_vs_pytorch"]
+            entry["wer_increase"] = round(loss, 3)
+            ok = loss <= max_wer_increase
+            if not ok:
+                report["failures"].append(f"{name}: loses {loss:.2f} WER points against PyTorch "
+                                          f"({report['int8_criterion']}), more than the allowed {max_wer_increase}")
+        entry["passed"] = bool(ok)
+        report["variants"][name] = entry
+    return _finish(report, model_dir, report_path)
+
+
+def _finish(report: dict, model_dir: Path, report_path: str | os.PathLike | None) -> dict:
+    """Save the report atomically; raise VerifyError naming every failure."""
     report["passed"] = not report["failures"]
     path = Path(report_path) if report_path else model_dir / REPORT_FILE
     atomic_write_json(path, report)

@@ -310,6 +310,7 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
     try:
         files = export_graphs(model, tmp)
         config = whisper_config(model, processor.tokenizer, gen)
+        config["source_student_dir"] = os.fspath(student_dir)  # what `speechkd verify` compares against
         if "dynamic" in quantize:
             config["files"]["int8"] = quantize_graphs(tmp, files)
         atomic_write_json(tmp / TOKENS_FILE, token_table(processor.tokenizer, model.config.vocab_size))
