@@ -154,20 +154,7 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
                                for a, b in ((ref_lp[i], lp[i]) for i in ids)]))
         entry = {"file": variants[name], "max_abs_logprob_diff": diff, "frame_argmax_agreement": round(agree, 5),
                  "wer": _wer(refs, hyps) if has_refs else None, "wer_vs_pytorch": _wer(torch_hyps, hyps)}
-        if name == "fp32":
-            ok = diff <= tolerance
-            if not ok:
-                report["failures"].append(f"fp32: max |log-prob difference| {diff:.3g} > tolerance {tolerance} "
-                                          f"(the ONNX graph does not compute what the PyTorch model computes)")
-        else:
-            loss = entry["wer"] - report["pytorch"]["wer"] if has_refs else entry["wer_vs_pytorch"]
-            entry["wer_increase"] = round(loss, 3)
-            ok = loss <= max_wer_increase
-            if not ok:
-                report["failures"].append(f"{name}: loses {loss:.2f} WER points against PyTorch "
-                                          f"({report['int8_criterion']}), more than the allowed {max_wer_increase}")
-        entry["passed"] = bool(ok)
-        report["variants"][name] = entry
+        _judge(report, name, entry, tolerance, max_wer_increase)
     return _finish(report, model_dir, report_path)
 
 
@@ -235,21 +222,29 @@ def verify_whisper(model_dir: Path, data: str, *, model: Any = None, tolerance: 
         entry = {"file": "+".join(files.values()) if isinstance(files, dict) else str(files),
                  "max_abs_logprob_diff": diff, "frame_argmax_agreement": round(agree, 5),
                  "wer": _wer(refs, hyps) if has_refs else None, "wer_vs_pytorch": _wer(torch_hyps, hyps)}
-        if name == "fp32":
-            ok = diff <= tolerance
-            if not ok:
-                report["failures"].append(f"fp32: max |log-prob difference| {diff:.3g} > tolerance {tolerance} "
-                                          f"(the ONNX graphs do not compute what the PyTorch model computes)")
-        else:
-            loss = entry["wer"] - report["pytorch"]["wer"] if has_refs else entry["wer_vs_pytorch"]
-            entry["wer_increase"] = round(loss, 3)
-            ok = loss <= max_wer_increase
-            if not ok:
-                report["failures"].append(f"{name}: loses {loss:.2f} WER points against PyTorch "
-                                          f"({report['int8_criterion']}), more than the allowed {max_wer_increase}")
-        entry["passed"] = bool(ok)
-        report["variants"][name] = entry
+        _judge(report, name, entry, tolerance, max_wer_increase)
     return _finish(report, model_dir, report_path)
+
+
+def _judge(report: dict, name: str, entry: dict, tolerance: float, max_wer_increase: float) -> None:
+    """Pass or fail one variant into the report: fp32 on its log-prob difference from PyTorch, the others
+    (int8) on the WER they lose against PyTorch (vs references when the data has them)."""
+    if name == "fp32":
+        diff = entry["max_abs_logprob_diff"]
+        ok = diff <= tolerance
+        if not ok:
+            report["failures"].append(f"fp32: max |log-prob difference| {diff:.3g} > tolerance {tolerance} "
+                                      f"(the ONNX graph does not compute what the PyTorch model computes)")
+    else:
+        has_refs = report["pytorch"]["wer"] is not None
+        loss = entry["wer"] - report["pytorch"]["wer"] if has_refs else entry["wer_vs_pytorch"]
+        entry["wer_increase"] = round(loss, 3)
+        ok = loss <= max_wer_increase
+        if not ok:
+            report["failures"].append(f"{name}: loses {loss:.2f} WER points against PyTorch "
+                                      f"({report['int8_criterion']}), more than the allowed {max_wer_increase}")
+    entry["passed"] = bool(ok)
+    report["variants"][name] = entry
 
 
 def _finish(report: dict, model_dir: Path, report_path: str | os.PathLike | None) -> dict:
