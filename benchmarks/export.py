@@ -66,7 +66,7 @@ def main() -> None:
             best = sweep[0]
             lm_setup[name] = (res["lms"][best["lm"]]["arpa"],
                               BeamSearchOptions(**{k: v for k, v in best.items() if k not in ("wer", "lm")}))
-    rows, weights = [], {}  # weights: PyTorch safetensors bytes of Whisper models (the teacher's live in the cache)
+    rows = []
     for name, student_dir in students.items():
         out = WORK / "onnx" / name.split(" (")[0].replace(" ", "_")
         is_whisper = name.startswith("whisper ")
@@ -77,11 +77,12 @@ def main() -> None:
                                                           num_threads=2))
         config = json.loads((out / "config.json").read_text())
         if is_whisper:
-            model = load_whisper(student_dir)
-            weights[name] = bytes_on_disk(sorted(Path(model.hf_dir).glob("*.safetensors")))
+            model = load_whisper(student_dir)  # its hf_dir holds the weights (the teacher's live in the cache)
+            torch_bytes = bytes_on_disk(sorted(Path(model.hf_dir).glob("*.safetensors")))
             variants = {"PyTorch fp32": WhisperRecognizer(model, backend="transformers")}
             variants.update({f"ONNX {v}": RuntimeRecognizer(out, variant=v, num_threads=2) for v in config["files"]})
         else:
+            torch_bytes = bytes_on_disk(sorted(student_dir.glob("*.safetensors")))
             variants = {"PyTorch fp32": student_recognizer(student_dir, batch_size=8)}
             variants.update({f"ONNX {k}": RuntimeRecognizer(out, variant=f, num_threads=2)
                              for k, f in config["onnx"].items()})
@@ -91,8 +92,7 @@ def main() -> None:
                 variants["ONNX int8-dynamic + LM"] = RuntimeRecognizer(out, variant=config["onnx"]["int8-dynamic"],
                                                                        num_threads=2, lm=arpa, beam=beam)
         for label, rec in variants.items():
-            size = rec.size_bytes() if label.startswith("ONNX") else weights.get(name) or bytes_on_disk(
-                sorted(student_dir.glob("*.safetensors")))
+            size = rec.size_bytes() if label.startswith("ONNX") else torch_bytes
             for test_name, items in utts.items():
                 r = evaluate(rec, items, batch_size=8)
                 rows.append({"student": name, "variant": label, "test": test_name, "wer": r["wer"],
@@ -129,7 +129,8 @@ def report(result: dict) -> str:
               "seconds / variant seconds on the same utterances, \"+ LM\" rows against PyTorch fp32 + LM (search "
               "time included). Dynamic-int8 graphs run one utterance per call: their activation scales would "
               "otherwise depend on the batch mates (and, for CTC, on their padding); PyTorch and the other ONNX "
-              "variants run batches of 8. The Whisper teacher row is a reference, not a student. \"+ LM\": the trigram and settings of the CTC-student "
+              "variants run batches of 8. The Whisper teacher row is a reference, not a student. \"+ LM\": "
+              "the trigram and settings of the CTC-student "
               "benchmark."]
     return "\n".join(lines)
 

@@ -135,7 +135,8 @@ def report(result: dict, args) -> str:
         f"{reuse_clause(result.get('reused', []))}). Training audio {data['train_hours']} h "
         f"({data['synth_train_hours']} h synthetic + the 80 % train part of each real set), {data['n_train']} "
         f"utterances labelled by base; label-free filter keeps {data['n_kept']}. Students trained "
-        f"{result['steps']} steps (enc3: {result.get('enc3_steps', ENC3_STEPS)}) of 8 30-s windows (70 % of clips packed, 30 % alone); training time "
+        f"{result['steps']} steps (enc3: {result.get('enc3_steps', ENC3_STEPS)}) of 8 30-s windows "
+        "(70 % of clips packed, 30 % alone); training time "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in result["train_seconds"].items()) + ".",
         "",
         "| model | runtime | " + " | ".join(f"WER {t}" for t in tests) + " | speed vs teacher | params (M) |",

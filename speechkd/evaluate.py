@@ -128,11 +128,7 @@ class RuntimeRecognizer:
         self.name = f"{self.model_dir.name} [onnxruntime {label}]"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
-        audios = [np.asarray(a, dtype=np.float32) for a in audios]
-        if self.config.get("model_type") == "whisper" and self.model.batch_independent:
-            # One batch, as the caller gave it (as for PyTorch models); int8 graphs go one clip at a time.
-            return self.model.transcribe(audios, sample_rate=16000, batch_size=max(1, len(audios)))
-        return self.model.transcribe(audios, sample_rate=16000)
+        return self.model.transcribe([np.asarray(a, dtype=np.float32) for a in audios], sample_rate=16000)
 
     def num_parameters(self) -> int | None:
         return self.config.get("num_parameters")

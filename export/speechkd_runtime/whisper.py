@@ -106,7 +106,7 @@ class WhisperModel:
         # clip's transcript would depend on its batch mates: they decode one clip per call unless told
         # otherwise (as dynamic-int8 CTC exports do).
         self.batch_independent = self.variant != "int8"
-        self.default_batch_size = 4 if self.batch_independent else 1
+        self.default_batch_size = 8 if self.batch_independent else 1
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         self.sample_rate = int(self.config.get("sample_rate", 16000))
         self.chunk_seconds = float(self.config.get("chunk_seconds", 30))
@@ -133,26 +133,26 @@ class WhisperModel:
             prompt[1] = int(lang)
         return prompt
 
-    def logits(self, mel: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Decoder logits [B, T, V] for whole token sequences [B, T] (prompt included), in one call with an
-        empty cache: what `speechkd verify` compares with PyTorch."""
+    def _encode(self, mel: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """(the encoder outputs the decoder takes, by name: per-layer cross K/V, or stacked ones in format 1;
+        an empty self-attention cache for the batch)."""
         mel = np.ascontiguousarray(mel, dtype=np.float32)
         cross = {name: value for name, value in zip(self._encoder_outputs, self.encoder.run(None, {"mel": mel}))
                  if name in self._decoder_inputs}
         layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
-        empty = np.zeros((layers, mel.shape[0], 0, d_model), dtype=np.float32)
+        return cross, np.zeros((layers, mel.shape[0], 0, d_model), dtype=np.float32)
+
+    def logits(self, mel: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Decoder logits [B, T, V] for whole token sequences [B, T] (prompt included), in one call with an
+        empty cache: what `speechkd verify` compares with PyTorch."""
+        cross, empty = self._encode(mel)
         return self.decoder.run(None, {"tokens": np.asarray(tokens, dtype=np.int64), "self_k": empty,
                                        "self_v": empty, **cross})[0]
 
     def generate(self, mel: np.ndarray, language: str | None = None) -> list[list[int]]:
         """Greedy token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]."""
-        mel = np.ascontiguousarray(mel, dtype=np.float32)
         batch = mel.shape[0]
-        # The encoder's outputs the decoder takes (by name): per-layer cross K/V, or stacked ones in format 1.
-        cross = {name: value for name, value in zip(self._encoder_outputs, self.encoder.run(None, {"mel": mel}))
-                 if name in self._decoder_inputs}
-        layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
-        self_k = np.zeros((layers, batch, 0, d_model), dtype=np.float32)
+        cross, self_k = self._encode(mel)
         self_v = self_k
         tokens = np.tile(np.array(self.prompt(language), dtype=np.int64), (batch, 1))
         out: list[list[int]] = [[] for _ in range(batch)]

@@ -201,7 +201,8 @@ def verify_whisper(model_dir: Path, data: str, *, model: Any = None, tolerance: 
     for j, i in enumerate(probe):
         tokens = np.array([prompt + list(ids[j])], dtype=np.int64)
         with torch.no_grad():
-            logits = hf(input_features=torch.from_numpy(mels[j:j + 1]), decoder_input_ids=torch.from_numpy(tokens)).logits
+            logits = hf(input_features=torch.from_numpy(mels[j:j + 1]),
+                        decoder_input_ids=torch.from_numpy(tokens)).logits
         ref_lp.append(torch.log_softmax(logits.float(), -1)[0].numpy())
         for name, rt in runtimes.items():
             out = rt.logits(mels[j:j + 1], tokens)[0].astype(np.float64)
