@@ -14,7 +14,7 @@ import soundfile as sf
 
 import speechkd_runtime
 from speechkd_runtime.audio import AudioError, resample
-from speechkd_runtime.ctc import CtcModel, plan_chunks
+from speechkd_runtime.ctc import CtcModel, plan_chunks, session_options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,6 +105,14 @@ def test_runtime_matches_the_pytorch_student(export_dir, clips):
     theirs = student_recognizer(model).transcribe(audios)
     assert ours == theirs and all(ours)
     assert speechkd_runtime.transcribe(onnx_dir, clips[0][0]) == ours[0]
+
+
+def test_sessions_do_not_spin_between_calls():
+    # Features and decoding run in numpy between onnxruntime calls, on the same cores.
+    opts = session_options(2)
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (2, 1)
+    assert session_options().intra_op_num_threads == 0  # onnxruntime's default: one thread per core
 
 
 def test_other_sample_rates_are_resampled(export_dir, clips, tmp_path):

@@ -117,6 +117,19 @@ def test_int8_variant_runs(exported, audios):
         runtime.WhisperModel(exported, variant="fp16")
 
 
+def test_int8_encoder_keeps_its_mlp_outputs_in_float(exported, teacher):
+    import onnx
+
+    from speechkd.export.whisper_onnx import encoder_mlp_outputs
+
+    cfg = teacher.model.config
+    fc2 = encoder_mlp_outputs(exported / "encoder.onnx", cfg.encoder_ffn_dim, cfg.d_model)
+    assert len(fc2) == cfg.encoder_layers
+    ops = {n.name: n.op_type for n in onnx.load(str(exported / "encoder.int8.onnx")).graph.node}
+    assert all(ops[name] == "MatMul" for name in fc2)  # float compute
+    assert sum(op in ("DynamicQuantizeMatMul", "MatMulInteger") for op in ops.values()) > 0  # the rest is int8
+
+
 def test_bpe_decoding_without_a_tokenizer_library(exported, teacher):
     tokens = json.loads((exported / "tokens.json").read_text())
     text = "Héllo wörld, 3 € — naïve\ttab"

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .audio import load_audio, to_model_rate
-from .ctc import ModelDirError, plan_chunks, read_config
+from .ctc import ModelDirError, plan_chunks, read_config, session_options
 from .features import whisper_log_mel
 
 REQUIRED_KEYS = ("model_type", "n_mels", "decoder_layers", "d_model", "vocab_size", "eot", "prompt",
@@ -88,11 +88,7 @@ class WhisperModel:
         if len(self.tokens) != int(self.config["vocab_size"]):
             raise ModelDirError(f"{tokens_path} has {len(self.tokens)} tokens but config.json says vocab_size "
                                 f"{self.config['vocab_size']}; the files come from different exports")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if num_threads:
-            opts.intra_op_num_threads = int(num_threads)
-            opts.inter_op_num_threads = 1
+        opts = session_options(num_threads)
         providers = list(providers or ["CPUExecutionProvider"])
         sessions = {}
         for role in ("encoder", "decoder"):
