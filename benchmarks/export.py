@@ -6,7 +6,7 @@ Usage:
 
 Takes the students trained by benchmarks/ctc_students.py and benchmarks/whisper_student.py (it does not
 train), exports each with `speechkd.export` (CTC: fp32, dynamic int8 and static QDQ int8 calibrated on the
-synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and dynamic int8), and evaluates every
+synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and per-row dynamic int8), and evaluates every
 variant on the same held-out test utterances with 2 threads: PyTorch through the student's recogniser,
 ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device). CTC students are also
 run with the word-trigram beam search benchmarks/ctc_students.py built and tuned (PyTorch fp32 + LM vs
@@ -127,9 +127,10 @@ def report(result: dict) -> str:
             lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs[base] / secs[v]:.2f}× | {wers} |")
     lines += ["", "Size vs fp32 compares with the ONNX fp32 file (the LM file is not counted); speed = PyTorch fp32 "
               "seconds / variant seconds on the same utterances, \"+ LM\" rows against PyTorch fp32 + LM (search "
-              "time included). Dynamic-int8 graphs run one utterance per call: their activation scales would "
-              "otherwise depend on the batch mates (and, for CTC, on their padding); PyTorch and the other ONNX "
-              "variants run batches of 8. The Whisper teacher row is a reference, not a student. \"+ LM\": "
+              "time included). CTC dynamic-int8 graphs run one utterance per call: their per-tensor activation "
+              "scales would otherwise depend on the batch mates and their padding; PyTorch, the other ONNX variants "
+              "and Whisper int8 (per-row activation scales) run batches of 8. The Whisper teacher row is a "
+              "reference, not a student. \"+ LM\": "
               "the trigram and settings of the CTC-student "
               "benchmark."]
     return "\n".join(lines)

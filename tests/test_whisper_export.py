@@ -110,24 +110,52 @@ def test_int8_variant_runs(exported, audios):
     assert len(ids) == 2 and all(len(seq) <= cfg["max_new_tokens"] for seq in ids)
     assert all(0 <= i < cfg["vocab_size"] for seq in ids for i in seq)
     assert isinstance(runtime.transcribe(exported, audios[0], variant="int8"), str)
-    # Dynamic int8 scales come from the whole batch: int8 decodes one clip per call, so batch mates do not matter.
-    assert model.default_batch_size == 1 and runtime.WhisperModel(exported).default_batch_size > 1
+    # Per-row activation scales: int8 batches like fp32, and batch mates do not change a clip's transcript.
+    assert model.batch_independent and model.default_batch_size == runtime.WhisperModel(exported).default_batch_size
     assert model.transcribe(audios[:3]) == [model.transcribe([a])[0] for a in audios[:3]]
     with pytest.raises(ValueError, match="no 'fp16' variant"):
         runtime.WhisperModel(exported, variant="fp16")
 
 
-def test_int8_encoder_keeps_its_mlp_outputs_in_float(exported, teacher):
+def test_int8_graphs_quantise_every_weight_matmul_per_row(exported):
     import onnx
 
-    from speechkd.export.whisper_onnx import encoder_mlp_outputs
+    cfg = json.loads((exported / "config.json").read_text())
+    assert cfg["int8_activation_scales"] == "per_row"
+    for role, name in cfg["files"]["int8"].items():
+        graph = onnx.load(str(exported / name)).graph
+        weights = {i.name for i in graph.initializer}
+        ops = [n.op_type for n in graph.node]
+        # No float MatMul on a weight is left, and no per-tensor dynamic quantisation is used.
+        assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights], role
+        assert "DynamicQuantizeLinear" not in ops and ops.count("MatMulInteger") > 0, role
 
-    cfg = teacher.model.config
-    fc2 = encoder_mlp_outputs(exported / "encoder.onnx", cfg.encoder_ffn_dim, cfg.d_model)
-    assert len(fc2) == cfg.encoder_layers
-    ops = {n.name: n.op_type for n in onnx.load(str(exported / "encoder.int8.onnx")).graph.node}
-    assert all(ops[name] == "MatMul" for name in fc2)  # float compute
-    assert sum(op in ("DynamicQuantizeMatMul", "MatMulInteger") for op in ops.values()) > 0  # the rest is int8
+
+def test_per_row_int8_matches_float_products_closely(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from speechkd.export.quantize import quantize_rows_int8
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 32)).astype(np.float32)
+    x = rng.standard_normal((2, 50, 64)).astype(np.float32)
+    x[0, 3] *= 50.0  # one loud frame: a per-tensor scale would flatten every other row
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[numpy_helper.from_array(w, "w")])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    assert quantize_rows_int8(path) == ["proj"]
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level  # ENABLE_ALL fuses into MatMulIntegerToFloat
+        y = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        rel = np.abs(y - x @ w).max(axis=-1) / np.abs(x @ w).max(axis=-1)
+        assert rel.max() < 0.03, level  # every row, the quiet ones included
+        alone = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x[1:]})[0]
+        np.testing.assert_array_equal(alone, y[1:])  # a row's result does not depend on its batch mates
 
 
 def test_bpe_decoding_without_a_tokenizer_library(exported, teacher):

@@ -98,10 +98,11 @@ class WhisperModel:
             sessions[role] = ort.InferenceSession(str(path), opts, providers=providers)
         self.encoder, self.decoder = sessions["encoder"], sessions["decoder"]
         self._encoder_outputs = [o.name for o in self.encoder.get_outputs()]
-        # The int8 graphs quantise activations dynamically, one scale per tensor over the whole batch, so a
-        # clip's transcript would depend on its batch mates: they decode one clip per call unless told
-        # otherwise (as dynamic-int8 CTC exports do).
-        self.batch_independent = self.variant != "int8"
+        # int8 graphs from exports before per-row activation scales ("int8_activation_scales" absent) quantise
+        # activations with one scale per tensor over the whole batch, so a clip's transcript would depend on
+        # its batch mates: they decode one clip per call (as dynamic-int8 CTC exports do). Per-row ones batch.
+        self.batch_independent = (self.variant != "int8"
+                                  or self.config.get("int8_activation_scales") == "per_row")
         self.default_batch_size = 8 if self.batch_independent else 1
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
         self.sample_rate = int(self.config.get("sample_rate", 16000))

@@ -8,8 +8,10 @@
 #   3 create   cut a student from the teacher: all encoder layers, --decoder-layers maximally spaced ones
 #   4 train    KL + pseudo-label CE (conf/train.yaml); --nproc > 1 runs torchrun data parallel
 #   5 eval     teacher and student in the same runtime on TEST (references needed)
-#   6 export   ONNX encoder + decoder with KV cache, fp32 + int8 (faster-whisper runs the student dir directly:
-#              `speechkd eval --backend ctranslate2` converts it; or speechkd.export.whisper_onnx.export_whisper_ct2)
+#   6 export   ONNX encoder + decoder with KV cache, fp32 + int8, verified against PyTorch on TEST (teacher-forced
+#              log-probs, WER of each variant; the stage fails if int8 loses more than the allowed WER)
+#              (faster-whisper runs the student dir directly: `speechkd eval --backend ctranslate2` converts it;
+#              or speechkd.export.whisper_onnx.export_whisper_ct2)
 # DATA: audio folder, JSONL manifest or saved HF dataset; TEST: the same with references.
 # TEACHER: bundled:base (default), a Hub id such as openai/whisper-large-v3, a CTranslate2 or HF dir.
 # Re-running skips finished stages (markers in $exp/.done) and resumes unfinished ones; logs in $exp/log/.
@@ -40,4 +42,4 @@ run_stage 4 train $launch speechkd train --config "$here/conf/train.yaml" --labe
 run_stage 5 eval bash -c "$SPEECHKD eval --model '$teacher' --backend transformers --data '$test' --out '$exp/eval/teacher' \
   && $SPEECHKD eval --model '$exp/student/final' --backend transformers --data '$test' --out '$exp/eval/student' \
   && $SPEECHKD report '$exp/eval/teacher' '$exp/eval/student'"
-run_stage 6 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx"
+run_stage 6 export $SPEECHKD export "$exp/student/final" --out "$exp/onnx" --data "$test"

@@ -198,3 +198,88 @@ def store_weights_int8(path: str | os.PathLike, min_elements: int = WEIGHT_ONLY_
         os.replace(tmp, path)
         log.info("stored %d fp32 weight(s) as int8 weight-only: %s", len(done), ", ".join(done))
     return done
+
+
+def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None = None) -> list[str]:
+    """Rewrite `path` in place: each named MatMul (activation x constant 2-D weight; default: every such
+    MatMul) becomes a per-row dynamic int8 product. Returns the names rewritten.
+
+    onnxruntime's dynamic quantisation gives a whole activation tensor one scale. Where a few rows (frames)
+    carry values 20-60x larger than the rest, as the inputs of Whisper's encoder fc2 do, that one scale
+    leaves the other rows a handful of levels; and the scale spans the batch, so a row's result depends on
+    its batch mates. Per row, neither happens. Here every row gets its own scale (its max |x| / 127) and
+    every weight column its own, in standard ops: Abs, ReduceMax, Div, QuantizeLinear (uint8, zero point
+    128), MatMulInteger (u8 x s8, which onnxruntime fuses with the rescaling into MatMulIntegerToFloat).
+    onnxruntime.quantization has no per-row mode; CTranslate2 quantises this way. The row statistics cost
+    some elementwise passes: on a [1500, 2048] x [2048, 512] product it ran ~1.6x faster than fp32 and
+    ~1.5x slower than the per-tensor kernel (throwaway timing, 2 cores).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    if node_names is None:
+        node_names = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
+                      and len(inits[n.input[1]].dims) == 2]
+    wanted, done, replaced = set(node_names), [], set()
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    shared = [numpy_helper.from_array(np.array(1e-8, np.float32), "rowq_eps"),
+              numpy_helper.from_array(np.array(127.0, np.float32), "rowq_127"),
+              numpy_helper.from_array(np.array(1.0, np.float32), "rowq_one"),
+              numpy_helper.from_array(np.array(128, np.uint8), "rowq_zero_point")]
+    nodes = []
+    for node in graph.node:
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            raise QuantizeError(f"{path}: {node.name} is not a MatMul with a constant weight; cannot quantise per row")
+        x, w_name = node.input
+        w = numpy_helper.to_array(inits[w_name])  # [K, M]
+        amax = np.abs(w).max(axis=0)
+        w_scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        w_q = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+        p = node.name.strip("/").replace("/", "_")
+        graph.initializer.extend([numpy_helper.from_array(w_q, f"{p}_w_int8"),
+                                  numpy_helper.from_array(w_scale, f"{p}_w_scale")])
+        nodes += [
+            helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_rowq_abs"),
+            # axes became an input in opset 18
+            helper.make_node("ReduceMax", [f"{p}_abs", "rowq_axes"], [f"{p}_amax"], name=f"{p}_rowq_max", keepdims=1)
+            if opset >= 18 else
+            helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_amax"], name=f"{p}_rowq_max", keepdims=1, axes=[-1]),
+            helper.make_node("Max", [f"{p}_amax", "rowq_eps"], [f"{p}_amax_safe"], name=f"{p}_rowq_floor"),
+            helper.make_node("Div", [f"{p}_amax_safe", "rowq_127"], [f"{p}_row_scale"], name=f"{p}_rowq_scale"),
+            helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"], name=f"{p}_rowq_div"),
+            helper.make_node("QuantizeLinear", [f"{p}_scaled", "rowq_one", "rowq_zero_point"], [f"{p}_x_u8"],
+                             name=f"{p}_rowq_quant"),
+            helper.make_node("MatMulInteger", [f"{p}_x_u8", f"{p}_w_int8", "rowq_zero_point"], [f"{p}_acc"],
+                             name=f"{p}_rowq_matmul"),
+            helper.make_node("Cast", [f"{p}_acc"], [f"{p}_acc_f"], name=f"{p}_rowq_cast", to=onnx.TensorProto.FLOAT),
+            # Column scales first, then row scales: onnxruntime fuses MatMulInteger + Cast + Mul into
+            # MatMulIntegerToFloat, which is only right when that Mul's operand is a per-column scale (a
+            # [B, T, M] row x column product there gave garbage at ORT_ENABLE_ALL in onnxruntime 1.31).
+            helper.make_node("Mul", [f"{p}_acc_f", f"{p}_w_scale"], [f"{p}_cols"], name=f"{p}_rowq_col_scale"),
+            helper.make_node("Mul", [f"{p}_cols", f"{p}_row_scale"], list(node.output), name=f"{p}_rowq_row_scale"),
+        ]
+        done.append(node.name)
+        replaced.add(w_name)
+    missing = wanted.difference(done)
+    if missing:
+        raise QuantizeError(f"{path}: no MatMul named {sorted(missing)}")
+    if done:
+        if opset >= 18:
+            shared.append(numpy_helper.from_array(np.array([-1], np.int64), "rowq_axes"))
+        used = {i for n in nodes for i in n.input}
+        kept = [i for i in graph.initializer if i.name not in replaced or i.name in used]  # drop the fp32 weights
+        del graph.initializer[:]
+        graph.initializer.extend(kept + shared)
+        del graph.node[:]
+        graph.node.extend(nodes)
+        tmp = Path(str(path) + ".tmp")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+        log.info("quantised %d MatMul(s) per row: %s", len(done), ", ".join(done))
+    return done

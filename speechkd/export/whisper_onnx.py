@@ -9,8 +9,8 @@ ONNX layout (what ``speechkd_runtime.whisper`` runs without torch or transformer
     decoder.onnx   tokens [B, T] int64, self_k, self_v [L, B, P, D] (P = tokens decoded so far, 0 at
                    the start), cross_k_<i>, cross_v_<i> -> logits [B, T, V], new_self_k, new_self_v
                    [L, B, P+T, D]
-    *.int8.onnx    the same graphs with weights dynamically quantised to int8 (onnxruntime.quantization);
-                   the encoder's MLP down-projections compute in float from int8-stored weights
+    *.int8.onnx    the same graphs with int8 weights and per-row dynamic int8 activations (see
+                   quantize_graphs; format-2 exports before "int8_activation_scales" were per tensor)
     config.json    model_type "whisper", n_mels, sizes, special token ids, decoding rules (prompt,
                    suppressed tokens, max_new_tokens)
     tokens.json    the byte-level BPE tokens by id, for decoding ids to text without a tokenizer library
@@ -53,6 +53,7 @@ FORMAT_VERSION = 2  # 2: per-layer cross K/V in head layout (1: stacked [L, B, 1
 OPSET = 17  # LayerNormalization is a native op from 17 on
 ENCODER_FILE, DECODER_FILE = "encoder.onnx", "decoder.onnx"
 INT8_SUFFIX = ".int8.onnx"
+INT8_ACTIVATION_SCALES = "per_row"  # config.json key the runtime reads: per-row int8 graphs batch like fp32
 TOKENS_FILE = "tokens.json"
 QUANTIZE_MODES = ("dynamic",)
 SAMPLE_RATE = 16_000
@@ -218,41 +219,33 @@ def export_graphs(model, out_dir: Path) -> dict[str, str]:
     return {"encoder": ENCODER_FILE, "decoder": DECODER_FILE}
 
 
-def encoder_mlp_outputs(path: str | os.PathLike, ffn_dim: int, d_model: int) -> list[str]:
-    """The encoder's MLP down-projections (fc2): MatMul nodes whose constant weight is [ffn_dim, d_model]."""
-    import onnx
+def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
+    """int8 graphs: every MatMul with a constant weight becomes a per-row dynamic int8 product (int8 weights
+    per output column, each activation row quantised with its own scale at run time); embedding tables are
+    int8 behind their Gather; the remaining large weights (conv kernels, position tables) are stored int8
+    and computed in float.
 
-    model = onnx.load(str(path), load_external_data=False)
-    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and shapes.get(n.input[1]) == (ffn_dim, d_model)]
-
-
-def quantize_graphs(out_dir: Path, files: dict[str, str], *, ffn_dim: int, d_model: int) -> dict[str, str]:
-    """int8 dynamic quantisation (weights int8, activations quantised per call) of MatMul and Gather.
-
-    The encoder's MLP down-projections (fc2) keep float compute, their weights stored int8 (weight-only).
-    Dynamic int8 gives a whole activation tensor one scale; fc2's input is a GELU output over 1500 frames
-    with a few large outliers, and one scale for all of it rounds most values to a handful of levels.
-    Quantising fc2 too cost the 2-layer benchmark student 71.5 vs 49.6 WER on its synthetic test and the
-    teacher ~1 point on LJ; keeping fc2 in float brought both back to their fp32 WER for ~15 % more encoder
-    time (throwaway sensitivity sweep over q/k/v, out_proj, fc1, fc2 and cross K/V; benchmarks/export.py
-    measures the result). The decoder stays fully int8: it sees one token per step, so a per-tensor scale
-    there is already a per-token one.
+    Why per row rather than onnxruntime's per-tensor dynamic quantisation: Whisper's encoder activations
+    carry a few frames 20-60x larger than the rest (the fc2 inputs most: 81 against ~3 in a layer of the
+    benchmark student), and one scale per tensor rounded the other frames to a handful of levels. Per
+    tensor, the 2-layer benchmark student lost 22 WER points on its synthetic test (71.5 vs 49.6) and the
+    teacher ~1 point on LJ; keeping fc2 in float fixed that at ~15 % more encoder time; per row, the student
+    is within its fp32 WER at about the per-tensor speed (benchmarks/export.py has the numbers). A per-row
+    scale also depends on nothing but its own row, so int8 graphs batch like fp32 ones.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from speechkd.export.quantize import store_weights_int8
+    from speechkd.export.quantize import quantize_rows_int8, store_weights_int8
 
     out = {}
     for role, name in files.items():
         target = name.replace(".onnx", INT8_SUFFIX)
-        keep_float = encoder_mlp_outputs(out_dir / name, ffn_dim, d_model) if role == "encoder" else []
+        quantize_dynamic(str(out_dir / name), str(out_dir / target), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["Gather"])  # the token embedding: int8 rows, dequantised after lookup
+        quantize_rows_int8(out_dir / target)
         # The encoder's convolutions compute in float (ConvInteger has no CPU kernel in onnxruntime for all
         # shapes, and the conv front end is a small share of the encoder's time); their weights are stored int8.
-        quantize_dynamic(str(out_dir / name), str(out_dir / target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gather"], nodes_to_exclude=keep_float)
-        store_weights_int8(out_dir / target)  # conv kernels, fc2 and position tables, weight-only
+        store_weights_int8(out_dir / target)
         out[role] = target
     return out
 
@@ -334,8 +327,8 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
         config = whisper_config(model, processor.tokenizer, gen)
         config["source_student_dir"] = os.fspath(student_dir)  # what `speechkd verify` compares against
         if "dynamic" in quantize:
-            config["files"]["int8"] = quantize_graphs(tmp, files, ffn_dim=model.config.encoder_ffn_dim,
-                                                      d_model=model.config.d_model)
+            config["files"]["int8"] = quantize_graphs(tmp, files)
+            config["int8_activation_scales"] = INT8_ACTIVATION_SCALES
         atomic_write_json(tmp / TOKENS_FILE, token_table(processor.tokenizer, model.config.vocab_size))
         atomic_write_json(tmp / "config.json", config)
         if out.exists():
