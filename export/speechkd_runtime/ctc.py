@@ -200,7 +200,8 @@ class CtcModel:
         path = self.model_dir / self.model_file
         if not path.is_file():
             raise ModelDirError(f"{path} is missing; available: {sorted(p.name for p in self.model_dir.glob('*.onnx'))}")
-        self.session = ort.InferenceSession(str(path), session_options(num_threads), providers=list(providers or ["CPUExecutionProvider"]))
+        self.session = ort.InferenceSession(str(path), session_options(num_threads),
+                                            providers=list(providers or ["CPUExecutionProvider"]))
         self.input_names = [i.name for i in self.session.get_inputs()]
         out_dim = self.session.get_outputs()[0].shape[-1]
         if isinstance(out_dim, int) and out_dim != self.vocab_size:
