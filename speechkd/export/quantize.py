@@ -48,6 +48,8 @@ from typing import Sequence
 
 import numpy as np
 
+from speechkd.io import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
@@ -193,9 +195,7 @@ def store_weights_int8(path: str | os.PathLike, min_elements: int = WEIGHT_ONLY_
         old = list(graph.node)
         del graph.node[:]
         graph.node.extend(nodes + old)  # producers first keeps the graph topologically sorted
-        tmp = Path(str(path) + ".tmp")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, model.SerializeToString())
         log.info("stored %d fp32 weight(s) as int8 weight-only: %s", len(done), ", ".join(done))
     return done
 
@@ -279,8 +279,6 @@ def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None
         graph.initializer.extend(kept + shared)
         del graph.node[:]
         graph.node.extend(nodes)
-        tmp = Path(str(path) + ".tmp")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, model.SerializeToString())
         log.info("quantised %d MatMul(s) per row: %s", len(done), ", ".join(done))
     return done
