@@ -60,6 +60,21 @@ def test_kaldi_fbank_silence_hits_the_same_floor():
     assert np.allclose(F.kaldi_fbank(x), np.log(np.finfo(np.float32).eps))
 
 
+@pytest.mark.parametrize("kind", ["fbank", "whisper_mel"])
+@pytest.mark.parametrize("bins", [23, 80, 128])
+def test_banded_filters_equal_the_matrix_product(kind, bins):
+    # kaldi's 512-point FFT leaves some of 128 bins without any FFT bin: those columns must come out zero.
+    filters = F.kaldi_mel_banks(bins) if kind == "fbank" else F.slaney_mel_filters(bins)
+    power = np.random.default_rng(bins).random((37, filters.shape[0])) ** 4
+    np.testing.assert_allclose(F.banded_filters(kind, bins)(power), power @ filters, rtol=1e-12, atol=1e-15)
+    assert F.banded_filters(kind, bins)(power[:0]).shape == (0, bins)
+
+
+def test_non_banded_filters_are_refused():
+    with pytest.raises(ValueError, match="not banded"):
+        F.BandedFilters(np.ones((10, 4)))
+
+
 def test_slaney_mel_filters_equal_transformers():
     from transformers.audio_utils import mel_filter_bank
 

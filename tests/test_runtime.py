@@ -115,6 +115,39 @@ def test_sessions_do_not_spin_between_calls():
     assert session_options().intra_op_num_threads == 0  # onnxruntime's default: one thread per core
 
 
+def test_concurrent_calls_give_the_same_results_and_overlap(export_dir, clips, monkeypatch):
+    import threading
+    import time
+
+    onnx_dir, _ = export_dir
+    feats = [CtcModel(onnx_dir).features(a) for _, a in clips]
+    one_at_a_time = CtcModel(onnx_dir, model_file="model.int8.onnx", num_threads=2, concurrent_calls=1)
+    concurrent = CtcModel(onnx_dir, model_file="model.int8.onnx", num_threads=2)
+    assert concurrent.concurrent_calls == 2 and concurrent.default_batch_size == 1  # dynamic int8: per utterance
+    expected = one_at_a_time.log_probs(feats)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    run = concurrent.run
+
+    def counting_run(batch, lens):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)  # hold the call open so a second worker, if there is one, overlaps it
+        try:
+            return run(batch, lens)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(concurrent, "run", counting_run)
+    got = concurrent.log_probs(feats)
+    assert most[0] == 2
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    with pytest.raises(ValueError, match="concurrent_calls"):
+        CtcModel(onnx_dir, concurrent_calls=-1)
+
+
 def test_other_sample_rates_are_resampled(export_dir, clips, tmp_path):
     import soxr
 
