@@ -147,6 +147,14 @@ def test_concurrent_calls_give_the_same_results_and_overlap(export_dir, clips, m
     with pytest.raises(ValueError, match="concurrent_calls"):
         CtcModel(onnx_dir, concurrent_calls=-1)
 
+    # A batched model splits its batches so that each concurrent call gets one.
+    fp32 = CtcModel(onnx_dir, model_file="model.onnx", concurrent_calls=2)
+    sizes = []
+    fp32_run = fp32.run
+    monkeypatch.setattr(fp32, "run", lambda batch, lens: sizes.append(len(lens)) or fp32_run(batch, lens))
+    fp32.log_probs(feats, batch_size=8)
+    assert sorted(sizes) == sorted([len(feats) - len(feats) // 2, len(feats) // 2]) and len(feats) <= 16
+
 
 def test_other_sample_rates_are_resampled(export_dir, clips, tmp_path):
     import soxr

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help="directory written by `speechkd export`")
     p.add_argument("audio", nargs="+", help="audio files (anything soundfile reads: wav, flac, ogg, ...)")
-    p.add_argument("--num-threads", type=int, default=None, help="onnxruntime intra-op threads, and CTC calls in flight at once (default: all cores)")
+    p.add_argument("--num-threads", type=int, default=None,
+                   help="onnxruntime intra-op threads, and CTC calls in flight at once (default: all cores)")
     p.add_argument("--variant", "--model-file", dest="variant", default=None,
                    help="CTC: the ONNX file inside MODEL_DIR (default: config.json's default_model); "
                         "Whisper: fp32 or int8 (default: config.json's default_variant)")

@@ -11,12 +11,14 @@ Long audio is cut into chunks of at most `max_chunk_s` seconds at the quietest 0
 word; the chunk transcripts are joined with spaces.
 
 Several onnxruntime calls (batches, or single utterances for dynamic-int8 models) run concurrently, up to
-`concurrent_calls` at once (default: num_threads, or the number of cores), each still free to use the session's intra-op threads. A
-small model's operators are too short to keep its intra-op threads busy: on 2 cores two concurrent calls
+`concurrent_calls` at once (default: num_threads, or the number of cores), each still free to use the
+session's intra-op threads. A small model's operators are too short to keep its intra-op threads busy: on 2 cores two concurrent calls
 ran the 4 M-parameter conformer of benchmarks/export.py 1.7x faster one utterance per call than one call at
 a time (1.71 -> 1.03 s of onnxruntime time for 120 utterances; batches of 8: 1.47 -> 1.34 s; throwaway
-timings). One call (one short utterance) still gets every thread, so single-utterance latency is unchanged.
-Results do not depend on it: each call computes the same numbers whichever thread makes it.
+timings). Batches are split so that every concurrent call gets one (8 utterances on 2 threads: two
+batches of 4). Each batch computes its own features, so the numpy front end of one overlaps the onnxruntime
+call of another. One call (one short utterance) still gets every thread, so single-utterance latency is
+unchanged. Results do not depend on it: each call computes the same numbers whichever thread makes it.
 
 Decoding is greedy unless a word n-gram LM is given (`lm=`), or config.json has a `decoding` section
 (written by `speechkd export --lm`: the ARPA file shipped in the directory and the beam-search settings
@@ -35,7 +37,7 @@ import numpy as np
 
 from .audio import load_audio, to_model_rate
 from .beam import BeamSearchOptions, CtcBeamSearch
-from .features import compute_features, pad_batch
+from .features import compute_features, num_input_frames, pad_batch
 
 CONFIG_FILE = "config.json"
 TOKENS_FILE = "tokens.txt"
@@ -252,17 +254,27 @@ class CtcModel:
 
     def log_probs(self, features: Sequence[np.ndarray], batch_size: int | None = None) -> list[np.ndarray]:
         """Per-item [T'_i, V] log-probabilities (padding frames removed), batched by similar length."""
+        return self._run_batches(features, [len(f) for f in features], lambda f: f, batch_size)
+
+    def _run_batches(self, items: Sequence, num_frames: Sequence[int], featurize,
+                     batch_size: int | None) -> list[np.ndarray]:
+        """Log-probabilities of each item (audio or features; `featurize` turns one into model input of
+        `num_frames` frames), in batches of similar length, up to self.concurrent_calls batches at a time.
+        Each batch computes its own features, so one batch's numpy front end overlaps another's
+        onnxruntime call (both release the GIL)."""
         batch_size = batch_size or self.default_batch_size
-        out: list[np.ndarray] = [np.zeros((0, self.vocab_size), np.float32)] * len(features)
-        order = sorted((i for i in range(len(features)) if len(features[i]) >= self.min_input_frames),
-                       key=lambda i: len(features[i]))
+        out: list[np.ndarray] = [np.zeros((0, self.vocab_size), np.float32)] * len(items)
+        order = sorted((i for i in range(len(items)) if num_frames[i] >= self.min_input_frames),
+                       key=lambda i: num_frames[i])
+        # Batches of at most batch_size, but small enough that every concurrent call gets one.
+        batch_size = max(1, min(batch_size, -(-len(order) // self.concurrent_calls)))
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
         def run_batch(idx: list[int]) -> tuple[list[int], np.ndarray, np.ndarray]:
-            return (idx, *self.run(*pad_batch([features[i] for i in idx], self.pad_value)))
+            return (idx, *self.run(*pad_batch([featurize(items[i]) for i in idx], self.pad_value)))
 
         workers = min(self.concurrent_calls, len(batches))
-        if workers > 1:  # InferenceSession.run is thread-safe and releases the GIL
+        if workers > 1:  # InferenceSession.run is thread-safe
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(run_batch, batches))
         else:
@@ -289,10 +301,11 @@ class CtcModel:
             x = to_model_rate(audio, rate, self.sample_rate)
             spans = plan_chunks(x, self.sample_rate, max_chunk_s=self.max_chunk_s, min_chunk_s=self.min_chunk_s)
             for a, b in spans:
-                pieces.append(self.features(x[a:b]))
+                pieces.append(x[a:b])
                 owner.append(k)
+        frames = [num_input_frames(self.frontend, len(p)) for p in pieces]
         texts: list[list[str]] = [[] for _ in audios]
-        for k, lp in zip(owner, self.log_probs(pieces, batch_size=batch_size)):
+        for k, lp in zip(owner, self._run_batches(pieces, frames, self.features, batch_size)):
             texts[k].append(self.decode(lp))
         return [" ".join(t for t in parts if t) for parts in texts]
 
