@@ -127,9 +127,11 @@ def report(result: dict) -> str:
             lines.append(f"| {student} | {v} | {size[v] / 2**20:.1f} | {ratio} | {secs[base] / secs[v]:.2f}× | {wers} |")
     lines += ["", "Size vs fp32 compares with the ONNX fp32 file (the LM file is not counted); speed = PyTorch fp32 "
               "seconds / variant seconds on the same utterances, \"+ LM\" rows against PyTorch fp32 + LM (search "
-              "time included). CTC dynamic-int8 graphs run one utterance per call: their per-tensor activation "
-              "scales would otherwise depend on the batch mates and their padding; PyTorch, the other ONNX variants "
-              "and Whisper int8 (per-row activation scales) run batches of 8. The Whisper teacher row is a "
+              "time included). Every variant gets 8 utterances at a time. CTC dynamic-int8 graphs run one utterance "
+              "per call: their per-tensor activation scales would otherwise depend on the batch mates and their "
+              "padding; PyTorch, the other ONNX variants and Whisper int8 (per-row activation scales) run batches "
+              "of 8. The runtime keeps 2 CTC calls in flight (a batch of 8 becomes two of 4), each computing its "
+              "own features; Whisper exports run one call at a time. The Whisper teacher row is a "
               "reference, not a student. \"+ LM\": "
               "the trigram and settings of the CTC-student "
               "benchmark."]
