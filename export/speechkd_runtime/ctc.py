@@ -74,7 +74,7 @@ def session_options(num_threads: int | None = None):
     Intra-op threads do not spin-wait for the next call: between calls the runtime computes features and
     decodes in numpy on the same cores, and spinning threads steal them. On 2 cores this took the CTC int8
     exports of benchmarks/export.py from 1.23x to 1.51x (conformer) and 1.91x to 2.46x (Whisper encoder)
-    PyTorch's speed.
+    PyTorch's speed (a PyTorch then slowed by the front end's BLAS threads; see features.BandedFilters).
     """
     import onnxruntime as ort
 
