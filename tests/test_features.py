@@ -73,6 +73,11 @@ def test_banded_filters_equal_the_matrix_product(kind, bins):
 def test_non_banded_filters_are_refused():
     with pytest.raises(ValueError, match="not banded"):
         F.BandedFilters(np.ones((10, 4)))
+    interleaved = np.zeros((10, 3))
+    interleaved[[2, 6], 0] = 1.0  # column 0 has a hole where column 2 lies
+    interleaved[4, 2] = 1.0
+    with pytest.raises(ValueError, match="not banded"):
+        F.BandedFilters(interleaved)
 
 
 def test_slaney_mel_filters_equal_transformers():

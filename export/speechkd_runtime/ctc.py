@@ -12,13 +12,14 @@ word; the chunk transcripts are joined with spaces.
 
 Several onnxruntime calls (batches, or single utterances for dynamic-int8 models) run concurrently, up to
 `concurrent_calls` at once (default: num_threads, or the number of cores), each still free to use the
-session's intra-op threads. A small model's operators are too short to keep its intra-op threads busy: on 2 cores two concurrent calls
-ran the 4 M-parameter conformer of benchmarks/export.py 1.7x faster one utterance per call than one call at
-a time (1.71 -> 1.03 s of onnxruntime time for 120 utterances; batches of 8: 1.47 -> 1.34 s; throwaway
-timings). Batches are split so that every concurrent call gets one (8 utterances on 2 threads: two
-batches of 4). Each batch computes its own features, so the numpy front end of one overlaps the onnxruntime
-call of another. One call (one short utterance) still gets every thread, so single-utterance latency is
-unchanged. Results do not depend on it: each call computes the same numbers whichever thread makes it.
+session's intra-op threads. A small model's operators are too short to keep its intra-op threads busy: on
+2 cores two concurrent calls ran the 4 M-parameter conformer of benchmarks/export.py 1.7x faster one
+utterance per call than one call at a time (1.71 -> 1.03 s of onnxruntime time for 120 utterances;
+batches of 8: 1.47 -> 1.34 s; throwaway timings). Batches are split so that every concurrent call gets
+one (8 utterances on 2 threads: two batches of 4). Each batch computes its own features, so the numpy
+front end of one overlaps the onnxruntime call of another. One call (one short utterance) still gets
+every thread, so single-utterance latency is unchanged. Results do not depend on it: each call computes
+the same numbers whichever thread makes it.
 
 Decoding is greedy unless a word n-gram LM is given (`lm=`), or config.json has a `decoding` section
 (written by `speechkd export --lm`: the ARPA file shipped in the directory and the beam-search settings
