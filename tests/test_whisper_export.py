@@ -131,6 +131,24 @@ def test_int8_graphs_quantise_every_weight_matmul_per_row(exported):
         assert "DynamicQuantizeLinear" not in ops and ops.count("MatMulInteger") > 0, role
 
 
+def test_tied_embedding_is_stored_once(exported, teacher):
+    import onnx
+    from onnx import numpy_helper
+
+    cfg = json.loads((exported / "config.json").read_text())
+    vocab, d_model = cfg["vocab_size"], cfg["d_model"]
+    for variant in ("fp32", "int8"):
+        graph = onnx.load(str(exported / cfg["files"][variant]["decoder"])).graph
+        tables = [i for i in graph.initializer if sorted(i.dims) == sorted([vocab, d_model])]
+        assert len(tables) == 1, (variant, [t.name for t in tables])
+        assert tables[0].data_type == (onnx.TensorProto.FLOAT if variant == "fp32" else onnx.TensorProto.INT8)
+    # The lookup reads the projection's columns: the same numbers as the PyTorch embedding.
+    graph = onnx.load(str(exported / cfg["files"]["fp32"]["decoder"])).graph
+    table = numpy_helper.to_array(next(i for i in graph.initializer if sorted(i.dims) == sorted([vocab, d_model])))
+    embedding = teacher.model.model.decoder.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(table.T if table.shape[0] == d_model else table, embedding)
+
+
 def test_per_row_int8_matches_float_products_closely(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -141,21 +159,32 @@ def test_per_row_int8_matches_float_products_closely(tmp_path):
     w = rng.standard_normal((64, 32)).astype(np.float32)
     x = rng.standard_normal((2, 50, 64)).astype(np.float32)
     x[0, 3] *= 50.0  # one loud frame: a per-tensor scale would flatten every other row
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 64])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    ids = np.array([0, 5, 31, 5], dtype=np.int64)
+    # A tied embedding: the same weight's columns read by id (Gather axis 1), as the Whisper decoder does.
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+             helper.make_node("Gather", ["w", "ids"], ["cols"], name="lookup", axis=1)]
+    graph = helper.make_graph(nodes, "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, 64]),
+                               helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("cols", TensorProto.FLOAT, None)],
                               initializer=[numpy_helper.from_array(w, "w")])
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
     assert quantize_rows_int8(path) == ["proj"]
+    saved = onnx.load(str(path)).graph
+    assert [i.name for i in saved.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2] == []
     for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level  # ENABLE_ALL fuses into MatMulIntegerToFloat
-        y = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        y, cols = session.run(None, {"x": x, "ids": ids})
         rel = np.abs(y - x @ w).max(axis=-1) / np.abs(x @ w).max(axis=-1)
         assert rel.max() < 0.03, level  # every row, the quiet ones included
-        alone = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x[1:]})[0]
+        alone = session.run(None, {"x": x[1:], "ids": ids})[0]
         np.testing.assert_array_equal(alone, y[1:])  # a row's result does not depend on its batch mates
+        # Each looked-up column is within half an int8 step of its own scale.
+        np.testing.assert_allclose(cols, w[:, ids], rtol=0, atol=0.5 * np.abs(w).max() / 127 + 1e-6)
 
 
 def test_bpe_decoding_without_a_tokenizer_library(exported, teacher):

@@ -213,7 +213,8 @@ def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None
     onnxruntime.quantization has no per-row mode; CTranslate2 quantises this way. The row statistics cost
     a few elementwise passes: Whisper base's encoder on one 30-s window took ~0.30 s per row against
     0.26-0.29 s per tensor and 0.40 s in fp32 (2 cores, throwaway timings; benchmarks/export.py measures
-    whole transcription).
+    whole transcription). A Gather reading columns (axis 1) of a quantised weight, as a tied embedding does,
+    reads the int8 columns and their scales instead, so the table is stored once, in int8.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -224,27 +225,51 @@ def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None
     if node_names is None:
         node_names = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
                       and len(inits[n.input[1]].dims) == 2]
-    wanted, done, replaced = set(node_names), [], set()
+    wanted = set(node_names)
+    matmuls = {n.name: n for n in graph.node if n.name in wanted}
+    bad = [name for name, n in matmuls.items() if n.op_type != "MatMul" or n.input[1] not in inits]
+    if bad:
+        raise QuantizeError(f"{path}: {bad} are not MatMuls with a constant weight; cannot quantise per row")
+    missing = wanted.difference(matmuls)
+    if missing:
+        raise QuantizeError(f"{path}: no MatMul named {sorted(missing)}")
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     shared = [numpy_helper.from_array(np.array(1e-8, np.float32), "rowq_eps"),
               numpy_helper.from_array(np.array(127.0, np.float32), "rowq_127"),
               numpy_helper.from_array(np.array(1.0, np.float32), "rowq_one"),
               numpy_helper.from_array(np.array(128, np.uint8), "rowq_zero_point")]
-    nodes = []
-    for node in graph.node:
-        if node.name not in wanted:
-            nodes.append(node)
-            continue
-        if node.op_type != "MatMul" or node.input[1] not in inits:
-            raise QuantizeError(f"{path}: {node.name} is not a MatMul with a constant weight; cannot quantise per row")
-        x, w_name = node.input
+    quantised: dict[str, tuple[str, str]] = {}  # fp32 weight -> (int8 weight, column scales), once per weight
+    for w_name in dict.fromkeys(n.input[1] for n in matmuls.values()):
         w = numpy_helper.to_array(inits[w_name])  # [K, M]
         amax = np.abs(w).max(axis=0)
         w_scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
         w_q = np.clip(np.rint(w / w_scale), -127, 127).astype(np.int8)
+        base = w_name.strip("/").replace("/", "_").replace(".", "_")
+        quantised[w_name] = (f"{base}_w_int8", f"{base}_w_scale")
+        graph.initializer.extend([numpy_helper.from_array(w_q, quantised[w_name][0]),
+                                  numpy_helper.from_array(w_scale, quantised[w_name][1])])
+    nodes, done, gathers = [], [], []
+    for node in graph.node:
         p = node.name.strip("/").replace("/", "_")
-        graph.initializer.extend([numpy_helper.from_array(w_q, f"{p}_w_int8"),
-                                  numpy_helper.from_array(w_scale, f"{p}_w_scale")])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if node.op_type == "Gather" and node.input[0] in quantised and axis == 1:
+            # Columns of a quantised weight (a tied embedding read by token id): int8 columns times their scales.
+            w_q, w_scale = quantised[node.input[0]]
+            ids = node.input[1]
+            nodes += [
+                helper.make_node("Gather", [w_q, ids], [f"{p}_cols_int8"], name=f"{p}_colq_gather", axis=1),
+                helper.make_node("Cast", [f"{p}_cols_int8"], [f"{p}_cols_f"], name=f"{p}_colq_cast",
+                                 to=onnx.TensorProto.FLOAT),
+                helper.make_node("Gather", [w_scale, ids], [f"{p}_col_scales"], name=f"{p}_colq_scales", axis=0),
+                helper.make_node("Mul", [f"{p}_cols_f", f"{p}_col_scales"], list(node.output), name=f"{p}_colq_mul"),
+            ]
+            gathers.append(node.name)
+            continue
+        if node.name not in wanted:
+            nodes.append(node)
+            continue
+        x, w_name = node.input
+        w_q, w_scale = quantised[w_name]
         nodes += [
             helper.make_node("Abs", [x], [f"{p}_abs"], name=f"{p}_rowq_abs"),
             # axes became an input in opset 18
@@ -256,29 +281,39 @@ def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None
             helper.make_node("Div", [x, f"{p}_row_scale"], [f"{p}_scaled"], name=f"{p}_rowq_div"),
             helper.make_node("QuantizeLinear", [f"{p}_scaled", "rowq_one", "rowq_zero_point"], [f"{p}_x_u8"],
                              name=f"{p}_rowq_quant"),
-            helper.make_node("MatMulInteger", [f"{p}_x_u8", f"{p}_w_int8", "rowq_zero_point"], [f"{p}_acc"],
+            helper.make_node("MatMulInteger", [f"{p}_x_u8", w_q, "rowq_zero_point"], [f"{p}_acc"],
                              name=f"{p}_rowq_matmul"),
             helper.make_node("Cast", [f"{p}_acc"], [f"{p}_acc_f"], name=f"{p}_rowq_cast", to=onnx.TensorProto.FLOAT),
             # Column scales first, then row scales: onnxruntime fuses MatMulInteger + Cast + Mul into
             # MatMulIntegerToFloat, which is only right when that Mul's operand is a per-column scale (a
             # [B, T, M] row x column product there gave garbage at ORT_ENABLE_ALL in onnxruntime 1.31).
-            helper.make_node("Mul", [f"{p}_acc_f", f"{p}_w_scale"], [f"{p}_cols"], name=f"{p}_rowq_col_scale"),
+            helper.make_node("Mul", [f"{p}_acc_f", w_scale], [f"{p}_cols"], name=f"{p}_rowq_col_scale"),
             helper.make_node("Mul", [f"{p}_cols", f"{p}_row_scale"], list(node.output), name=f"{p}_rowq_row_scale"),
         ]
         done.append(node.name)
-        replaced.add(w_name)
-    missing = wanted.difference(done)
-    if missing:
-        raise QuantizeError(f"{path}: no MatMul named {sorted(missing)}")
     if done:
         if opset >= 18:
             shared.append(numpy_helper.from_array(np.array([-1], np.int64), "rowq_axes"))
         used = {i for n in nodes for i in n.input}
-        kept = [i for i in graph.initializer if i.name not in replaced or i.name in used]  # drop the fp32 weights
+        kept = [i for i in graph.initializer if i.name not in quantised or i.name in used]  # drop unread fp32 weights
         del graph.initializer[:]
         graph.initializer.extend(kept + shared)
         del graph.node[:]
         graph.node.extend(nodes)
         atomic_write_bytes(path, model.SerializeToString())
         log.info("quantised %d MatMul(s) per row: %s", len(done), ", ".join(done))
+        if gathers:
+            log.info("%s read(s) the int8 columns of a quantised weight: %s", len(gathers), ", ".join(gathers))
     return done
+
+
+def column_gathers_of_matmul_weights(path: str | os.PathLike) -> list[str]:
+    """Gather nodes that read columns (axis 1) of a 2-D weight some MatMul also uses: tied embeddings, which
+    quantize_rows_int8 serves from the MatMul's int8 copy (so onnxruntime's own Gather quantisation must
+    leave them alone)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {n.input[1] for n in graph.node if n.op_type == "MatMul"}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in weights
+            and next((a.i for a in n.attribute if a.name == "axis"), 0) == 1]

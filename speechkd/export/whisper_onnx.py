@@ -122,15 +122,23 @@ class WhisperDecoderGraph(nn.Module):
         super().__init__()
         self.decoder = model.model.decoder
         self.num_heads = model.config.decoder_attention_heads
-        # A separate [D, V] copy of the (tied) embedding for the output projection, so it is a plain
-        # MatMul that dynamic int8 quantisation covers (Gemm is not quantised dynamically).
+        # The output projection as a [D, V] weight of a plain MatMul, which int8 quantisation covers (Gemm is
+        # not quantised dynamically). With tied embeddings (Whisper's default) the token lookup reads the
+        # same [D, V] tensor, column by column, so the graph stores the 51865 x D table once, not twice.
         self.proj_t = nn.Parameter(model.proj_out.weight.detach().t().contiguous(), requires_grad=False)
+        self.tied = torch.equal(model.proj_out.weight, self.decoder.embed_tokens.weight)
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.tied:
+            return self.decoder.embed_tokens(tokens)
+        columns = torch.index_select(self.proj_t, 1, tokens.reshape(-1))  # Gather(axis=1): [D, B*T]
+        return columns.t().reshape(tokens.shape[0], tokens.shape[1], -1)
 
     def forward(self, tokens, self_k, self_v, *cross):
         dec = self.decoder
         cross_k, cross_v = cross[:len(dec.layers)], cross[len(dec.layers):]
         past, new = self_k.shape[2], tokens.shape[1]
-        x = dec.embed_tokens(tokens) + dec.embed_positions.weight[past:past + new]
+        x = self.embed(tokens) + dec.embed_positions.weight[past:past + new]
         # Causal mask over [past + new] keys: query i (position past + i) sees keys 0 .. past + i.
         q_pos = torch.arange(new, device=tokens.device).unsqueeze(1) + past
         k_pos = torch.arange(past + new, device=tokens.device).unsqueeze(0)
@@ -235,13 +243,16 @@ def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from speechkd.export.quantize import quantize_rows_int8, store_weights_int8
+    from speechkd.export.quantize import column_gathers_of_matmul_weights, quantize_rows_int8, store_weights_int8
 
     out = {}
     for role, name in files.items():
         target = name.replace(".onnx", INT8_SUFFIX)
+        # An untied token embedding: int8 rows, dequantised after lookup. A tied one is read from the output
+        # projection's int8 columns (quantize_rows_int8), so it is stored once.
         quantize_dynamic(str(out_dir / name), str(out_dir / target), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["Gather"])  # the token embedding: int8 rows, dequantised after lookup
+                         op_types_to_quantize=["Gather"],
+                         nodes_to_exclude=column_gathers_of_matmul_weights(out_dir / name))
         quantize_rows_int8(out_dir / target)
         # The encoder's convolutions compute in float (ConvInteger has no CPU kernel in onnxruntime for all
         # shapes, and the conv front end is a small share of the encoder's time); their weights are stored int8.
