@@ -124,7 +124,7 @@ class WhisperDecoderGraph(nn.Module):
         self.num_heads = model.config.decoder_attention_heads
         # The output projection as a [D, V] weight of a plain MatMul, which int8 quantisation covers (Gemm is
         # not quantised dynamically). With tied embeddings (Whisper's default) the token lookup reads the
-        # same [D, V] tensor, column by column, so the graph stores the 51865 x D table once, not twice.
+        # same [D, V] tensor, column by column, so the graph stores the V x D table (~26 M numbers for base) once.
         self.proj_t = nn.Parameter(model.proj_out.weight.detach().t().contiguous(), requires_grad=False)
         self.tied = torch.equal(model.proj_out.weight, self.decoder.embed_tokens.weight)
 
