@@ -75,23 +75,24 @@ class BandedFilters:
     """
 
     def __init__(self, filters: np.ndarray):
-        self.filters = np.asarray(filters, dtype=np.float64)
-        nonzero = self.filters != 0
+        filters = np.asarray(filters, dtype=np.float64)
+        self.num_filters = filters.shape[1]
+        nonzero = filters != 0
         self.halves = []
         for parity in (0, 1):
-            cols = [m for m in range(self.filters.shape[1]) if m % 2 == parity and nonzero[:, m].any()]
+            cols = [m for m in range(self.num_filters) if m % 2 == parity and nonzero[:, m].any()]
             starts = np.array([np.flatnonzero(nonzero[:, m])[0] for m in cols], dtype=np.intp)
             ends = np.array([np.flatnonzero(nonzero[:, m])[-1] for m in cols], dtype=np.intp)
             if np.any(ends[:-1] >= starts[1:]):  # also catches starts that do not increase
                 raise ValueError("filters are not banded: every second column must end before the next one starts")
-            weights = np.zeros(self.filters.shape[0])
+            weights = np.zeros(filters.shape[0])
             for m in cols:
-                weights[nonzero[:, m]] = self.filters[nonzero[:, m], m]
+                weights[nonzero[:, m]] = filters[nonzero[:, m], m]
             self.halves.append((np.array(cols, dtype=np.intp), starts, weights))
 
     def __call__(self, power: np.ndarray) -> np.ndarray:
         """[T, M] filter energies of a [T, bins] power spectrum (= power @ filters)."""
-        out = np.zeros((power.shape[0], self.filters.shape[1]), dtype=np.float64)
+        out = np.zeros((power.shape[0], self.num_filters), dtype=np.float64)
         for cols, starts, weights in self.halves:
             if len(cols) and power.shape[0]:
                 # Segment k sums bins starts[k] .. starts[k+1] - 1: column k's support plus zero-weight bins.

@@ -251,8 +251,7 @@ def quantize_rows_int8(path: str | os.PathLike, node_names: Sequence[str] | None
     nodes, done, gathers = [], [], []
     for node in graph.node:
         p = node.name.strip("/").replace("/", "_")
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        if node.op_type == "Gather" and node.input[0] in quantised and axis == 1:
+        if _reads_columns(node) and node.input[0] in quantised:
             # Columns of a quantised weight (a tied embedding read by token id): int8 columns times their scales.
             w_q, w_scale = quantised[node.input[0]]
             ids = node.input[1]
@@ -315,5 +314,9 @@ def column_gathers_of_matmul_weights(path: str | os.PathLike) -> list[str]:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     weights = {n.input[1] for n in graph.node if n.op_type == "MatMul"}
-    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in weights
-            and next((a.i for a in n.attribute if a.name == "axis"), 0) == 1]
+    return [n.name for n in graph.node if _reads_columns(n) and n.input[0] in weights]
+
+
+def _reads_columns(node) -> bool:
+    """A Gather along axis 1: it picks columns of its data (a [K, M] weight read by column id)."""
+    return node.op_type == "Gather" and next((a.i for a in node.attribute if a.name == "axis"), 0) == 1
