@@ -35,14 +35,24 @@ def tiny_whisper_dir(tmp_path_factory):
     Its tokenizer is a byte-level BPE without merges plus Whisper's control tokens, so the model stays
     tiny and the fixture needs no downloaded or bundled files.
     """
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny_whisper"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_whisper_dir(tmp_path_factory):
+    """Like tiny_whisper_dir but narrower and with its own token ids (the byte alphabet in reverse order):
+    a smaller pretrained Whisper of another tokenizer, as tiny.en is to multilingual base."""
+    return build_tiny_whisper(tmp_path_factory.mktemp("other_tiny_whisper"), d_model=32, reverse_alphabet=True)
+
+
+def build_tiny_whisper(out: Path, *, d_model: int = 64, reverse_alphabet: bool = False) -> Path:
     import torch
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     from speechkd.teachers.ct2 import build_generation_config, build_whisper_processor, special_token_ids
 
-    out = tmp_path_factory.mktemp("tiny_whisper")
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=reverse_alphabet)
     bpe = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -55,7 +65,7 @@ def tiny_whisper_dir(tmp_path_factory):
     ids = special_token_ids(processor.tokenizer)
     eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
     config = WhisperConfig(
-        vocab_size=vocab_size, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+        vocab_size=vocab_size, d_model=d_model, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
         max_source_positions=1500, max_target_positions=TINY_WHISPER_MAX_TARGET_POSITIONS,
         decoder_start_token_id=sot, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,

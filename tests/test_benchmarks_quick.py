@@ -20,7 +20,8 @@ def test_whisper_student_benchmark_quick(tmp_path):
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "whisper_student.json").read_text())
-    assert {r["model"] for r in result["rows"]} == {"teacher", "dec2 filtered", "dec2 unfiltered"}
+    assert {r["model"] for r in result["rows"]} == {"teacher", "tiny.en (not distilled)", "dec2 filtered",
+                                                    "dec2 unfiltered", "tiny.en filtered", "tiny.en unfiltered"}
     assert all(0 <= r["wer"] for r in result["rows"]) and result["data"]["n_kept"] < result["data"]["n_train"]
     # Speculative decoding reproduces the teacher's greedy transcripts.
     assert result["speculative"]["identical"] == result["speculative"]["num_clips"] > 0

@@ -67,3 +67,22 @@ def test_demo_recipe_end_to_end_reduced(tmp_path):
     # Re-running skips every finished stage.
     again = run_recipe("demo", *args)
     assert again.returncode == 0 and again.stdout.count("done before, skipping") == 8
+
+
+def test_whisper_distill_can_start_from_a_smaller_pretrained_whisper(tmp_path, tiny_whisper_dir, other_tiny_whisper_dir):
+    proc = run_recipe("whisper_distill", "--stage", "3", "--stop-stage", "3", "--data", "unused", "--test", "unused",
+                      "--exp", str(tmp_path), "--teacher", str(tiny_whisper_dir),
+                      "--student-from", str(other_tiny_whisper_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from speechkd.students import load_student
+
+    assert load_student(tmp_path / "init").config.d_model == 32  # the pretrained model, not a cut of the teacher
+    # Stage 4's config for such a student parses and asks for what a student of another tokenizer can learn.
+    import yaml
+
+    from speechkd.config import from_dict
+    from speechkd.tasks.whisper_kd import Config
+
+    conf = yaml.safe_load((ROOT / "recipes" / "whisper_distill" / "conf" / "train_pretrained.yaml").read_text())
+    method = from_dict(Config, conf["method_config"])
+    assert method.kl_weight == 0 and method.freeze_encoder

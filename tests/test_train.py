@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -253,3 +254,69 @@ def test_student_with_fewer_encoder_layers_trains_its_encoder_towards_the_teache
     from speechkd.students import load_student
 
     assert load_student(final).config.encoder_layers == 1
+
+
+def test_student_from_another_pretrained_whisper_learns_the_pseudo_labels_in_its_own_tokens(
+        kd_labels, tiny_whisper_dir, other_tiny_whisper_dir, tmp_path):
+    from speechkd.students import build_student, load_student
+    from speechkd.tasks.whisper_kd import build
+
+    run = kd_run(kd_labels, tiny_whisper_dir, max_steps=2)
+    student = {"pretrained": str(other_tiny_whisper_dir), "decoder_layers": None}
+    # Its token ids differ from the teacher's: comparing token distributions is refused before any work...
+    with pytest.raises(TrainingError, match="kl_weight: 0"):
+        train(RunConfig(**{**vars(run), "student": student}), tmp_path / "kl", progress=False)
+    # ... and so is matching an encoder output of another width.
+    with pytest.raises(TrainingError, match="encoder_loss_weight: 0"):
+        train(RunConfig(**{**vars(run), "student": student,
+                           "method_config": {"kl_weight": 0.0, "encoder_loss_weight": 1.0}}), tmp_path / "enc",
+              progress=False)
+    assert not (tmp_path / "kl" / "checkpoints").exists() and not (tmp_path / "enc" / "checkpoints").exists()
+
+    seq = RunConfig(**{**vars(run), "student": student,
+                       "method_config": {"pack": False, "kl_weight": 0.0, "timestamp_probability": 0.0}})
+    # Targets are the pseudo-label in the student's tokens, after the student's prompt.
+    model = build_student("whisper", student)
+    task = build(seq, tmp_path / "task", model)
+    text = task.utts[task.windows[0].pieces[0].utt].text
+    tokens = task.student_io.tokenizer.encode(" " + text, add_special_tokens=False)
+    labels = task.collate([0])["labels"][0]
+    labels = labels[labels != -100].tolist()  # the tiny decoder's 40 positions truncate long sentences
+    assert labels[:-1] == [task.no_timestamps, *tokens][: len(labels) - 1] and labels[-1] == task.eot
+    assert tokens != task.teacher.tokenizer.encode(" " + text, add_special_tokens=False)
+
+    final = train(seq, tmp_path / "seq", progress=False)
+    trained = load_student(final)
+    assert trained.config.d_model == 32 and trained.config.decoder_layers == 2
+    rows = [json.loads(line) for line in (tmp_path / "seq" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert all(math.isfinite(r["ce"]) and "kl" not in r for r in rows if "loss" in r)
+
+
+def test_a_frozen_student_encoder_of_its_own_is_computed_once_per_window_and_cached(
+        kd_labels, tiny_whisper_dir, other_tiny_whisper_dir, tmp_path):
+    from speechkd.students import build_student
+    from speechkd.tasks.whisper_kd import build
+
+    run = kd_run(kd_labels, tiny_whisper_dir, max_steps=2)
+    run = RunConfig(**{**vars(run), "student": {"pretrained": str(other_tiny_whisper_dir), "decoder_layers": 1},
+                       "method_config": {"pack": False, "kl_weight": 0.0, "freeze_encoder": True}})
+    model = build_student("whisper", run.student)
+    task = build(run, tmp_path / "run", model)
+    assert task.teacher_model is None  # nothing of the teacher's is needed: labels only
+    batch = task.collate([0, 1])
+    assert "input_features" not in batch and "encoder_hidden" not in batch
+    samples, _, _ = task._window(0)
+    with torch.no_grad():
+        direct = model.model.encoder(torch.from_numpy(task.student_io.features([samples]))).last_hidden_state[0]
+    assert torch.allclose(batch["student_hidden"][0], direct, atol=1e-2)  # fp16 cache
+    cached = sorted((tmp_path / "run" / "encoder_cache").glob("*.npy"))
+    assert len(cached) == 2 and np.load(cached[0]).shape == (1500, 32)
+    assert torch.equal(task.collate([0, 1])["student_hidden"], batch["student_hidden"])  # read back, not recomputed
+    assert len(list((tmp_path / "run" / "encoder_cache").glob("*.npy"))) == 2
+    final = train(run, tmp_path / "run", progress=False)
+    from speechkd.students import load_student
+
+    trained = load_student(final)
+    for name, p in model.model.encoder.state_dict().items():  # frozen: untouched by training
+        assert torch.equal(p, trained.model.encoder.state_dict()[name])

@@ -194,7 +194,7 @@ def test_speculative_refuses_a_different_tokenizer(tiny_teacher):
         SpeculativeRecognizer(tiny_teacher.model, WhisperForConditionalGeneration(cfg), tiny_teacher.processor)
 
 
-def test_cli_student_create(tiny_whisper_dir, tmp_path, capsys, monkeypatch, teacher_cache):
+def test_cli_student_create(tiny_whisper_dir, other_tiny_whisper_dir, tmp_path, capsys, monkeypatch, teacher_cache):
     monkeypatch.setenv("SPEECHKD_CACHE", str(teacher_cache))
     parser = argparse.ArgumentParser()
     add_student_parser(parser.add_subparsers(dest="command"))
@@ -204,6 +204,20 @@ def test_cli_student_create(tiny_whisper_dir, tmp_path, capsys, monkeypatch, tea
     assert "decoder layers [1]" in capsys.readouterr().out
     model = load_student(tmp_path / "s")
     assert (model.config.encoder_layers, model.config.decoder_layers) == (1, 1)
+    # --pretrained: a smaller Whisper as the student, all of its layers unless asked otherwise.
+    args = parser.parse_args(["student", "create", "--teacher", str(tiny_whisper_dir), "--pretrained",
+                              str(other_tiny_whisper_dir), "--out", str(tmp_path / "p")])
+    assert args.func(args) == 0
+    assert "pretrained" in capsys.readouterr().out
+    model = load_student(tmp_path / "p")
+    assert (model.config.d_model, model.config.decoder_layers) == (32, 2)
+
+
+def test_student_config_refuses_both_init_from_and_pretrained(tiny_whisper_dir, other_tiny_whisper_dir):
+    with pytest.raises(ConfigError, match="not both"):
+        build_student("whisper", {"init_from": str(tiny_whisper_dir), "pretrained": str(other_tiny_whisper_dir)})
+    with pytest.raises(ConfigError, match="at least 1 decoder"):
+        build_student("whisper", {"pretrained": str(other_tiny_whisper_dir), "decoder_layers": 0})
 
 
 def test_real_tiny_en_student_and_speculative_decoding(tiny_en, clips):

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Usage: bash recipes/whisper_distill/run.sh --data DATA --test DATA [--teacher SPEC] [--stage N] [--stop-stage N]
-#                                            [--exp DIR] [--nproc N] [--decoder-layers N]
+#                                            [--exp DIR] [--nproc N] [--decoder-layers N] [--student-from SPEC]
 #
 # Distil-Whisper with label-free filtering (uDistil-Whisper) on any data:
 #   1 label    pseudo-label DATA with the teacher (CTranslate2 int8, packed; torchrun shards with --nproc > 1)
 #   2 filter   rank the labels without references and keep the best (conf/filter.yaml)
-#   3 create   cut a student from the teacher: all encoder layers, --decoder-layers maximally spaced ones
-#   4 train    KL + pseudo-label CE (conf/train.yaml); --nproc > 1 runs torchrun data parallel
+#   3 create   cut a student from the teacher: all encoder layers, --decoder-layers maximally spaced ones;
+#              or, with --student-from SPEC (e.g. bundled:tiny.en), start from that smaller pretrained Whisper:
+#              on a CPU the teacher's encoder dominates decoding, so only a smaller encoder is much faster
+#   4 train    KL + pseudo-label CE (conf/train.yaml); a --student-from student with another tokenizer learns
+#              the pseudo-labels only (conf/train_pretrained.yaml); --nproc > 1 runs torchrun data parallel
 #   5 eval     teacher and student in the same runtime on TEST (references needed)
 #   6 export   ONNX encoder + decoder with KV cache, fp32 + int8, verified against PyTorch on TEST (teacher-forced
 #              log-probs, WER of each variant; the stage fails if int8 loses more than the allowed WER)
@@ -23,6 +26,7 @@ teacher=bundled:base
 data=
 test=
 decoder_layers=2
+student_from=
 nproc=1
 threads=2
 
@@ -36,8 +40,14 @@ run_stage 1 label $launch speechkd label --data "$data" --out "$exp/labels/all.j
   --compute-type int8 --num-threads "$threads"
 run_stage 2 filter $SPEECHKD filter --config "$here/conf/filter.yaml" --labels "$exp/labels/all.jsonl" \
   --out "$exp/labels/kept.jsonl"
-run_stage 3 create $SPEECHKD student create --teacher "$teacher" --decoder-layers "$decoder_layers" --out "$exp/init"
-run_stage 4 train $launch speechkd train --config "$here/conf/train.yaml" --labels "$exp/labels/kept.jsonl" \
+if [ -n "$student_from" ]; then
+  run_stage 3 create $SPEECHKD student create --teacher "$teacher" --pretrained "$student_from" --out "$exp/init"
+  train_conf="$here/conf/train_pretrained.yaml"
+else
+  run_stage 3 create $SPEECHKD student create --teacher "$teacher" --decoder-layers "$decoder_layers" --out "$exp/init"
+  train_conf="$here/conf/train.yaml"
+fi
+run_stage 4 train $launch speechkd train --config "$train_conf" --labels "$exp/labels/kept.jsonl" \
   --teacher "$teacher" --init-from "$exp/init" --dev "$test" --out "$exp/student"
 run_stage 5 eval bash -c "$SPEECHKD eval --model '$teacher' --backend transformers --data '$test' --out '$exp/eval/teacher' \
   && $SPEECHKD eval --model '$exp/student/final' --backend transformers --data '$test' --out '$exp/eval/student' \

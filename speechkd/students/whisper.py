@@ -43,24 +43,35 @@ _LAYER_KEY = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.*)$")
 
 @dataclass(frozen=True)
 class WhisperStudentConfig:
-    """A Whisper student cut from ``teacher``.
+    """A Whisper student cut from ``teacher`` (or from a smaller pretrained Whisper, ``pretrained``).
 
-    encoder_layers: None keeps all of the teacher's encoder layers (the Distil-Whisper default).
+    encoder_layers / decoder_layers: how many layers to keep, maximally spaced; None keeps all (the
+    Distil-Whisper default keeps the whole encoder and 2 decoder layers).
     init_from: a saved student dir (``speechkd student create`` or a finished run) to start from
     instead of slicing the teacher again; its layer counts and vocabulary must match this config
     and the teacher.
+    pretrained: start from this pretrained Whisper instead of the teacher (a teacher spec such as
+    ``bundled:tiny.en``, a Hub id or a saved dir), keeping its own width, tokenizer and the layers
+    asked for. A smaller model of the same family is the cheapest way to a fast student on a CPU,
+    where the encoder dominates; if its tokenizer differs from the teacher's (English-only vs
+    multilingual Whisper), it can learn only from the pseudo-labels (sequence-level distillation,
+    ``kl_weight: 0``), not from the teacher's token distributions.
     """
 
     teacher: str = "bundled:tiny.en"
     encoder_layers: int | None = None
-    decoder_layers: int = 2
+    decoder_layers: int | None = 2
     init_from: str | None = None
+    pretrained: str | None = None
 
     def validate(self) -> None:
-        if self.decoder_layers < 1:
-            raise ValueError(f"decoder_layers={self.decoder_layers}: a Whisper student needs at least 1 decoder layer")
-        if self.encoder_layers is not None and self.encoder_layers < 1:
-            raise ValueError(f"encoder_layers={self.encoder_layers}: use at least 1, or null to keep all")
+        for stack, n in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
+            if n is not None and n < 1:
+                raise ValueError(f"{stack}_layers={n}: a Whisper student needs at least 1 {stack} layer, or null "
+                                 "to keep all")
+        if self.init_from and self.pretrained:
+            raise ValueError("set init_from (a saved student to continue) or pretrained (a Whisper to start from), "
+                             "not both")
 
 
 # --- layer selection and initialisation ---------------------------------------------------------------
@@ -93,29 +104,21 @@ def _as_teacher(teacher: Any):
                        f"got {type(teacher).__name__}")
 
 
-def _teacher_config(teacher):
-    """The teacher's WhisperConfig without loading its weights when they are not loaded yet."""
-    if teacher._model is not None:
-        return teacher._model.config
-    from transformers import WhisperConfig
-
-    return WhisperConfig.from_pretrained(teacher.hf_dir)
-
-
-def create_student(teacher: Any, encoder_layers: int | None = None, decoder_layers: int = 2):
+def create_student(teacher: Any, encoder_layers: int | None = None, decoder_layers: int | None = 2):
     """A ``WhisperForConditionalGeneration`` initialised from ``teacher`` (a WhisperTeacher or a spec).
 
-    Every layer count is checked before the teacher weights are loaded. The student carries the
+    None keeps all of a stack's layers. Every layer count is checked before the teacher weights are loaded. The student carries the
     teacher's processor as ``model.speechkd_processor`` and a generation config whose alignment heads
     point at the kept decoder layers.
     """
     from transformers import WhisperForConditionalGeneration
 
     teacher = _as_teacher(teacher)
-    tcfg = _teacher_config(teacher)
+    tcfg = teacher.config
     enc_map = select_layers(tcfg.encoder_layers, tcfg.encoder_layers if encoder_layers is None else encoder_layers,
                             stack="encoder")
-    dec_map = select_layers(tcfg.decoder_layers, decoder_layers, stack="decoder")
+    dec_map = select_layers(tcfg.decoder_layers, tcfg.decoder_layers if decoder_layers is None else decoder_layers,
+                            stack="decoder")
 
     tmodel = teacher.model
     scfg = copy.deepcopy(tmodel.config)
@@ -208,13 +211,17 @@ def _build(cfg: WhisperStudentConfig, teacher: Any = None, vocab: Any = None):
     if vocab is not None:
         raise StudentError("Whisper students use the teacher's tokenizer; do not pass a vocabulary "
                            "(remove make_vocab from this task or pick a CTC student type)")
+    if cfg.pretrained:
+        # The run's teacher is not involved: the task checks what the pair can share (vocabulary, width).
+        return create_student(cfg.pretrained, cfg.encoder_layers, cfg.decoder_layers)
     teacher = _as_teacher(teacher if teacher is not None else cfg.teacher)
     if cfg.init_from is None:
         return create_student(teacher, cfg.encoder_layers, cfg.decoder_layers)
     src = Path(cfg.init_from)
     model = load_student(src) if is_student_dir(src) else load_whisper_student(src)
-    tcfg = _teacher_config(teacher)
-    want = (tcfg.encoder_layers if cfg.encoder_layers is None else cfg.encoder_layers, cfg.decoder_layers)
+    tcfg = teacher.config
+    want = (tcfg.encoder_layers if cfg.encoder_layers is None else cfg.encoder_layers,
+            tcfg.decoder_layers if cfg.decoder_layers is None else cfg.decoder_layers)
     have = (model.config.encoder_layers, model.config.decoder_layers)
     if want != have:
         raise StudentError(f"init_from {src} has {have[0]} encoder / {have[1]} decoder layers but the student "
@@ -434,8 +441,11 @@ def add_student_parser(sub) -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="student_command", required=True)
     c = actions.add_parser("create", help="a Distil-Whisper student initialised from a Whisper teacher")
     c.add_argument("--teacher", default="bundled:tiny.en", help="teacher spec (bundled:base, HF dir, CT2 dir, Hub id)")
+    c.add_argument("--pretrained", default=None,
+                   help="start from this smaller pretrained Whisper instead of cutting the teacher (e.g. "
+                        "bundled:tiny.en); layer counts then default to all of its layers")
     c.add_argument("--encoder-layers", type=int, default=None, help="default: all of the teacher's")
-    c.add_argument("--decoder-layers", type=int, default=2)
+    c.add_argument("--decoder-layers", type=int, default=None, help="default: 2 (with --pretrained: all)")
     c.add_argument("--out", required=True, type=Path, help="output dir (save_pretrained + speechkd_student.json)")
     c.set_defaults(func=cmd_student_create)
     return p
@@ -444,9 +454,13 @@ def add_student_parser(sub) -> argparse.ArgumentParser:
 def cmd_student_create(args: argparse.Namespace) -> int:
     from speechkd.students import build_student, save_student
 
-    cfg = {"teacher": args.teacher, "encoder_layers": args.encoder_layers, "decoder_layers": args.decoder_layers}
+    decoder_layers = args.decoder_layers if args.decoder_layers or args.pretrained else 2
+    cfg = {"teacher": args.teacher, "pretrained": args.pretrained, "encoder_layers": args.encoder_layers,
+           "decoder_layers": decoder_layers}
     model = build_student("whisper", cfg)
     save_student(model, args.out)
     layers = model.speechkd_layer_map
-    print(f"student saved to {args.out}: teacher encoder layers {layers['encoder']}, decoder layers {layers['decoder']}")
+    source = f"pretrained {args.pretrained}" if args.pretrained else "teacher"
+    print(f"student saved to {args.out}: {source} encoder layers {layers['encoder']}, decoder layers "
+          f"{layers['decoder']}")
     return 0

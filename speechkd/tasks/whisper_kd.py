@@ -8,7 +8,12 @@ plan knows where each clip sits in the window, so segment times are exact rather
 
 When the student keeps the teacher's encoder frozen (the Distil-Whisper default: fewer decoder layers,
 full encoder), teacher and student share the encoder output; it is computed once per window, cached on
-disk and reused by every later epoch instead of being recomputed each step.
+disk and reused by every later epoch instead of being recomputed each step. A student with its own
+frozen encoder (one started from a smaller pretrained Whisper) has its output cached the same way.
+
+A student whose tokenizer differs from the teacher's (English-only tiny.en under multilingual base:
+another BPE) learns the pseudo-labels in its own tokens, i.e. sequence-level distillation (Kim & Rush,
+2016); token-level KL needs one vocabulary and is refused for such a pair.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class Config:
     kl_weight: float = 1.0
     temperature: float = 2.0
     freeze_encoder: bool | None = None  # None: freeze exactly when the student keeps the teacher's whole encoder
-    cache_encoder: bool = True  # cache the (frozen) teacher encoder output per window on disk
+    cache_encoder: bool = True  # cache frozen encoders' outputs (the teacher's; a frozen student's) per window
     # Where: None = <run>/encoder_cache. Entries are keyed by teacher weights + window contents, so runs on
     # the same labels (e.g. students of different sizes) can share one folder safely.
     cache_dir: str | None = None
@@ -69,36 +74,51 @@ class Config:
 
 class WhisperKDTask:
     def __init__(self, cfg: Config, run, run_dir: Path, model):
+        from speechkd.students.whisper import PROCESSOR_ATTR, teacher_from_model
         from speechkd.teachers import load_whisper
 
         self.cfg, self.run, self.run_dir = cfg, run, Path(run_dir)
         self.teacher = load_whisper(run.teacher)
-        self.teacher_model = self.teacher.model.eval()
-        for p in self.teacher_model.parameters():
-            p.requires_grad_(False)
-        check_compatible(model, self.teacher_model, run.teacher)
-        self.shared_encoder = encoders_equal(model, self.teacher_model)
+        # Targets, prompts and features are the student's: they differ from the teacher's when the student
+        # starts from another pretrained Whisper (an English-only tiny.en under a multilingual base).
+        self.student_io = teacher_from_model(model, getattr(model, PROCESSOR_ATTR), "student")
+        self.same_vocab = check_compatible(model, self.student_io.tokenizer, self.teacher, cfg)
+        same_width = model.config.d_model == self.teacher.config.d_model
+        needs_teacher = cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0 or same_width
+        self.teacher_model = self.teacher.model.eval() if needs_teacher else None
+        if self.teacher_model is not None:
+            for p in self.teacher_model.parameters():
+                p.requires_grad_(False)
+        self.shared_encoder = same_width and encoders_equal(model, self.teacher_model)
         freeze = self.shared_encoder if cfg.freeze_encoder is None else cfg.freeze_encoder
         if freeze:
             for p in model.model.encoder.parameters():
                 p.requires_grad_(False)
-        # The cache holds the teacher's encoder output; it stands in for the student's only when they are equal
-        # and stay equal (frozen).
+        # A frozen encoder gives a window the same output every epoch: it is computed once and cached. The
+        # teacher's stands in for the student's when the two are equal and stay equal (frozen).
         self.use_cache_for_student = self.shared_encoder and freeze
+        self.cache_student = freeze and not self.shared_encoder and cfg.cache_encoder
+        self.needs_teacher_encoder = self.use_cache_for_student or cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0
+        self._encoders = {}  # who -> (cache tag, encoder, feature function), filled on first use
+        if self.cache_student:
+            self._encoders["student"] = (weights_fingerprint(model.model.encoder), model.model.encoder,
+                                         self.student_io.features)
         self.skips = SkipList(self.run_dir / "skipped.jsonl", stage="train")
         self.windows, self.utts = self._plan()
-        gen = self.teacher_model.generation_config
+        gen = model.generation_config
         self.eot = gen.eos_token_id if isinstance(gen.eos_token_id, int) else gen.eos_token_id[0]
         self.no_timestamps = gen.no_timestamps_token_id
         self.timestamp_begin = self.no_timestamps + 1  # HF Whisper convention: timestamps follow <|notimestamps|>
-        prompt = self.teacher.prompt_ids(cfg.language if self.teacher.is_multilingual else None)
+        prompt = self.student_io.prompt_ids(cfg.language if self.student_io.is_multilingual else None)
         self.prompt = prompt[:-1]  # without <|notimestamps|>, which is added per window
         self.max_target = model.config.max_target_positions
         self._dev = None
         self._warned_truncation = False
-        log.info("whisper_kd: %d windows from %d utterances; encoder %s; cache %s", len(self.windows), len(self.utts),
-                 "shared+frozen" if self.use_cache_for_student else ("frozen" if freeze else "trained"),
-                 "on" if cfg.cache_encoder else "off")
+        log.info("whisper_kd: %d windows from %d utterances; encoder %s; cache %s; %s", len(self.windows),
+                 len(self.utts), "shared+frozen" if self.use_cache_for_student else ("frozen" if freeze else "trained"),
+                 "on" if cfg.cache_encoder else "off",
+                 "token-level KD (teacher's vocabulary)" if self.same_vocab else
+                 "sequence-level KD (pseudo-labels only: the student's tokenizer differs from the teacher's)")
 
     # ------------------------------------------------------------------ data
     def _plan(self):
@@ -171,7 +191,7 @@ class WhisperKDTask:
         return samples, segments, ",".join(ids)
 
     def _targets(self, segments: list[tuple[str, float, float]], timestamps: bool) -> list[int]:
-        tok = self.teacher.tokenizer
+        tok = self.student_io.tokenizer
         seq = list(self.prompt) + ([] if timestamps else [self.no_timestamps])
         for text, start, end in segments:
             ids = tok.encode(" " + text, add_special_tokens=False) if text else []
@@ -191,16 +211,19 @@ class WhisperKDTask:
     def _timestamp(self, seconds: float) -> int:
         return self.timestamp_begin + int(round(min(seconds, WINDOW_SECONDS) / TIMESTAMP_SECONDS))
 
-    def _encoder_output(self, key: str, samples: np.ndarray) -> torch.Tensor:
+    def _encoder_output(self, key: str, samples: np.ndarray, who: str = "teacher") -> torch.Tensor:
+        """The frozen `who` encoder's output for a window, from the cache when it was computed before."""
+        if who not in self._encoders:  # the teacher's, keyed by its revision
+            self._encoders[who] = (self.teacher.revision, self.teacher_model.model.encoder, self.teacher.features)
+        tag, encoder, features = self._encoders[who]
         root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run_dir / CACHE_DIR
-        cache = root / (hashlib.sha1(f"{self.teacher.revision}|{key}".encode()).hexdigest() + ".npy")
+        cache = root / (hashlib.sha1(f"{tag}|{key}".encode()).hexdigest() + ".npy")
         if self.cfg.cache_encoder and cache.is_file():
             return torch.from_numpy(np.load(cache).astype(np.float32))
-        feats = torch.from_numpy(self.teacher.features([samples]))
         with torch.inference_mode():
-            hidden = self.teacher_model.model.encoder(feats).last_hidden_state[0]
+            hidden = encoder(torch.from_numpy(features([samples]))).last_hidden_state[0]
         if self.cfg.cache_encoder:
-            # fp16 halves the cache; teacher and student then read the same rounded values, so KL is unaffected.
+            # fp16 halves the cache; a cached window is always read back rounded, whichever epoch first saw it.
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npy")
             np.save(tmp, hidden.numpy().astype(np.float16))
@@ -216,10 +239,14 @@ class WhisperKDTask:
                 continue
             timestamps = bool(np.random.random() < self.cfg.timestamp_probability)
             seq = self._targets(segments, timestamps)
-            needs_teacher = self.use_cache_for_student or self.cfg.kl_weight > 0 or self.cfg.encoder_loss_weight > 0
-            hidden = self._encoder_output(key, samples) if needs_teacher else None
-            features = None if self.use_cache_for_student else self.teacher.features([samples])[0]
-            rows.append((key, seq, hidden, features))
+            hidden = self._encoder_output(key, samples) if self.needs_teacher_encoder else None
+            if self.use_cache_for_student:
+                student = hidden
+            elif self.cache_student:
+                student = self._encoder_output(key, samples, "student")
+            else:  # the student's encoder runs in the step: it gets features
+                student = self.student_io.features([samples])[0]
+            rows.append((key, seq, hidden, student))
         if not rows:
             return None
         length = max(len(seq) for _, seq, _, _ in rows) - 1
@@ -233,15 +260,18 @@ class WhisperKDTask:
         batch = {"ids": [k for k, _, _, _ in rows], "decoder_input_ids": inputs, "labels": labels}
         if rows[0][2] is not None:
             batch["encoder_hidden"] = torch.stack([h for _, _, h, _ in rows])
-        if rows[0][3] is not None:
-            batch["input_features"] = torch.from_numpy(np.stack([f for _, _, _, f in rows]))
+        students = [s for _, _, _, s in rows]
+        if isinstance(students[0], torch.Tensor):
+            batch["student_hidden"] = torch.stack(students)
+        else:
+            batch["input_features"] = torch.from_numpy(np.stack(students))
         return batch
 
     # ------------------------------------------------------------------ loss and evaluation
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         encoder_loss = None
-        if self.use_cache_for_student:
-            hidden = batch["encoder_hidden"]
+        if "student_hidden" in batch:  # a frozen encoder's output, computed once per window
+            hidden = batch["student_hidden"]
         else:
             hidden = model.model.encoder(batch["input_features"]).last_hidden_state
             if self.cfg.encoder_loss_weight > 0:
@@ -273,15 +303,24 @@ class WhisperKDTask:
         return {"dev_wer": result["wer"], "dev_cer": result["cer"]}
 
 
-def check_compatible(student, teacher, teacher_name: str) -> None:
-    """Refuse, before any work, a student that cannot learn from this teacher's outputs."""
+def check_compatible(student, student_tokenizer, teacher, cfg: Config) -> bool:
+    """Refuse, before any work, a student that cannot learn from this teacher the way `cfg` asks.
+
+    Returns whether the two share a vocabulary (token-level KD possible); a student with its own
+    tokenizer can still learn the teacher's pseudo-labels (sequence-level KD, kl_weight 0).
+    """
     s, t = student.config, teacher.config
-    if s.vocab_size != t.vocab_size:
-        raise ValueError(f"the student's vocabulary ({s.vocab_size} tokens) differs from teacher {teacher_name}'s "
-                         f"({t.vocab_size}); create the student from this teacher (`speechkd student create`)")
-    if s.num_mel_bins != t.num_mel_bins or s.d_model != t.d_model:
-        raise ValueError(f"the student (d_model {s.d_model}, {s.num_mel_bins} mels) does not match teacher "
-                         f"{teacher_name} (d_model {t.d_model}, {t.num_mel_bins} mels); create it from this teacher")
+    same_vocab = s.vocab_size == t.vocab_size and student_tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
+    if not same_vocab and cfg.kl_weight > 0:
+        raise ValueError(f"the student's tokenizer ({s.vocab_size} tokens) differs from teacher {teacher.name}'s "
+                         f"({t.vocab_size}), so their token distributions cannot be compared: set "
+                         "method_config.kl_weight: 0 (learn from the pseudo-labels only), or create the student "
+                         "from this teacher (`speechkd student create`)")
+    if cfg.encoder_loss_weight > 0 and (s.num_mel_bins != t.num_mel_bins or s.d_model != t.d_model):
+        raise ValueError(f"encoder_loss_weight > 0 needs the student's encoder output to match teacher "
+                         f"{teacher.name}'s in width (student d_model {s.d_model}, {s.num_mel_bins} mels; teacher "
+                         f"{t.d_model}, {t.num_mel_bins}); set encoder_loss_weight: 0 for this student")
+    return same_vocab
 
 
 def encoders_equal(student, teacher) -> bool:
@@ -292,6 +331,15 @@ def encoders_equal(student, teacher) -> bool:
 
 def build(run, run_dir: Path, model) -> WhisperKDTask:
     return WhisperKDTask(from_dict(Config, run.method_config, where="method_config"), run, run_dir, model)
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """sha1 of a module's parameter names and bytes: a cache tag that changes whenever the weights do."""
+    h = hashlib.sha1()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def unit_hash(key: str) -> float:

@@ -137,6 +137,15 @@ class WhisperTeacher:
         return self._model
 
     @property
+    def config(self):
+        """The ``WhisperConfig``, read from config.json without loading the weights when they are not loaded."""
+        if self._model is not None:
+            return self._model.config
+        from transformers import WhisperConfig
+
+        return WhisperConfig.from_pretrained(self.hf_dir)
+
+    @property
     def processor(self):
         if self._processor is None:
             from transformers import WhisperProcessor
