@@ -48,9 +48,9 @@ def main() -> None:
     torch.set_num_threads(2)
     t_all = time.perf_counter()
     students = {p.parent.name: p for p in sorted((WORK / "ctc").glob("*/final"))}
-    whisper = WORK / "whisper" / "dec2_filtered" / "final"
-    if whisper.is_dir():
-        students["whisper dec2 filtered"] = whisper
+    for run in ("dec2_filtered", "tiny.en_filtered"):  # the teacher-cut student and the smaller-pretrained one
+        if (WORK / "whisper" / run / "final").is_dir():
+            students[f"whisper {run.replace('_', ' ')}"] = WORK / "whisper" / run / "final"
     if not students:
         raise SystemExit(f"no trained students under {WORK}; run benchmarks/ctc_students.py and whisper_student.py")
     students["whisper base (teacher, reference)"] = "bundled:base"

@@ -17,6 +17,7 @@ outputs differ only by numerics.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -286,11 +287,14 @@ class WhisperTeacher:
             else:
                 languages = [options.language] * len(features)
             prompts = torch.tensor([self.prompt_ids(lang, options.task) for lang in languages], device=self.device)
-            sequences = GenerationMixin.generate(
-                model, input_features=inputs, decoder_input_ids=prompts,
-                generation_config=self.model_generation_config, max_new_tokens=self._max_new_tokens(options),
-                num_beams=options.beam_size, do_sample=False, forced_decoder_ids=None,
-            )
+            # One config carrying every option: generate() warns on each call when options come both as a config
+            # and as arguments, and when max_new_tokens meets the saved config's max_length (448). The limit is
+            # therefore given as max_length, which counts the prompt: the same stopping point.
+            gen = copy.deepcopy(self.model_generation_config)
+            gen.update(max_length=prompts.shape[1] + self._max_new_tokens(options), max_new_tokens=None,
+                       num_beams=options.beam_size, do_sample=False, forced_decoder_ids=None)
+            sequences = GenerationMixin.generate(model, input_features=inputs, decoder_input_ids=prompts,
+                                                 generation_config=gen)
         return [self._strip(seq.tolist(), prompt.tolist()) for seq, prompt in zip(sequences, prompts)]
 
     def _detect_hf(self, inputs: torch.Tensor) -> list[str]:
