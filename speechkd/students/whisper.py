@@ -190,15 +190,20 @@ def _processor_of(model):
     return proc
 
 
-def _check_same_vocab(teacher_model, teacher_tokenizer, student_model, student_tokenizer, what: str) -> None:
-    """A student must speak the teacher's token ids: distillation and speculative decoding compare them."""
-    tv, sv = teacher_model.config.vocab_size, student_model.config.vocab_size
-    problem = None
+def vocab_difference(teacher_config, teacher_tokenizer, student_config, student_tokenizer) -> str | None:
+    """How a student's token ids differ from the teacher's (None: the same), in words for an error."""
+    tv, sv = teacher_config.vocab_size, student_config.vocab_size
     if tv != sv:
-        problem = f"vocab_size {sv} vs the teacher's {tv}"
-    elif student_tokenizer is not None and teacher_tokenizer is not None \
+        return f"vocab_size {sv} vs the teacher's {tv}"
+    if student_tokenizer is not None and teacher_tokenizer is not None \
             and student_tokenizer.get_vocab() != teacher_tokenizer.get_vocab():
-        problem = "a different tokenizer vocabulary"
+        return "a different tokenizer vocabulary"
+    return None
+
+
+def _check_same_vocab(teacher_model, teacher_tokenizer, student_model, student_tokenizer, what: str) -> None:
+    """A student must speak the teacher's token ids: token-level KD and speculative decoding compare them."""
+    problem = vocab_difference(teacher_model.config, teacher_tokenizer, student_model.config, student_tokenizer)
     if problem:
         raise StudentError(f"{what} has {problem}; a Whisper student must share its teacher's tokenizer "
                            "(create it from this teacher with `speechkd student create`)")

@@ -46,8 +46,8 @@ class Config:
     temperature: float = 2.0
     freeze_encoder: bool | None = None  # None: freeze exactly when the student keeps the teacher's whole encoder
     cache_encoder: bool = True  # cache frozen encoders' outputs (the teacher's; a frozen student's) per window
-    # Where: None = <run>/encoder_cache. Entries are keyed by teacher weights + window contents, so runs on
-    # the same labels (e.g. students of different sizes) can share one folder safely.
+    # Where: None = <run>/encoder_cache. Entries are keyed by the encoder (the teacher's revision, or a hash of a
+    # student's weights) + window contents, so runs on the same labels can share one folder safely.
     cache_dir: str | None = None
     encoder_loss_weight: float = 0.0  # > 0: also match the teacher's encoder output (students with fewer encoder layers)
     timestamp_probability: float = 0.2  # share of windows trained with timestamp targets
@@ -309,18 +309,20 @@ def check_compatible(student, student_tokenizer, teacher, cfg: Config) -> bool:
     Returns whether the two share a vocabulary (token-level KD possible); a student with its own
     tokenizer can still learn the teacher's pseudo-labels (sequence-level KD, kl_weight 0).
     """
+    from speechkd.students.whisper import vocab_difference
+
     s, t = student.config, teacher.config
-    same_vocab = s.vocab_size == t.vocab_size and student_tokenizer.get_vocab() == teacher.tokenizer.get_vocab()
-    if not same_vocab and cfg.kl_weight > 0:
-        raise ValueError(f"the student's tokenizer ({s.vocab_size} tokens) differs from teacher {teacher.name}'s "
-                         f"({t.vocab_size}), so their token distributions cannot be compared: set "
+    problem = vocab_difference(t, teacher.tokenizer, s, student_tokenizer)
+    if problem and cfg.kl_weight > 0:
+        raise ValueError(f"the student's tokenizer differs from teacher {teacher.name}'s ({problem}), so their token "
+                         "distributions cannot be compared: set "
                          "method_config.kl_weight: 0 (learn from the pseudo-labels only), or create the student "
                          "from this teacher (`speechkd student create`)")
     if cfg.encoder_loss_weight > 0 and (s.num_mel_bins != t.num_mel_bins or s.d_model != t.d_model):
         raise ValueError(f"encoder_loss_weight > 0 needs the student's encoder output to match teacher "
                          f"{teacher.name}'s in width (student d_model {s.d_model}, {s.num_mel_bins} mels; teacher "
                          f"{t.d_model}, {t.num_mel_bins}); set encoder_loss_weight: 0 for this student")
-    return same_vocab
+    return problem is None
 
 
 def encoders_equal(student, teacher) -> bool:
