@@ -1,8 +1,9 @@
 """Distil-Whisper students of bundled base: WER, speed and size vs the teacher, filtered vs unfiltered labels.
 
 Usage:
-    .venv/bin/python benchmarks/whisper_student.py            # full run: ~60 min on 2 CPU cores (40 training,
-                                                              # 20 evaluating) + 15-30 min labelling on a first run
+    .venv/bin/python benchmarks/whisper_student.py            # full run: ~58 min on 2 CPU cores (43 training,
+                                                              # 15 evaluating) + ~30 min data preparation (labelling
+                                                              # 3.35 h with base) on a first run
     .venv/bin/python benchmarks/whisper_student.py --quick    # tiny settings, for tests (no BENCHMARKS.md)
     .venv/bin/python benchmarks/whisper_student.py --steps 200 --max-test 100
 
