@@ -99,7 +99,9 @@ class WhisperKDTask:
         self.use_cache_for_student = self.shared_encoder and freeze
         self.cache_student = freeze and not self.shared_encoder and cfg.cache_encoder
         self.needs_teacher_encoder = self.use_cache_for_student or cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0
-        self._encoders = {}  # who -> (cache tag, encoder, feature function), filled on first use
+        self._encoders = {}  # who -> (cache tag, encoder, feature function) of the encoders whose output is cached
+        if self.teacher_model is not None:
+            self._encoders["teacher"] = (self.teacher.revision, self.teacher_model.model.encoder, self.teacher.features)
         if self.cache_student:
             self._encoders["student"] = (weights_fingerprint(model.model.encoder), model.model.encoder,
                                          self.student_io.features)
@@ -213,8 +215,6 @@ class WhisperKDTask:
 
     def _encoder_output(self, key: str, samples: np.ndarray, who: str = "teacher") -> torch.Tensor:
         """The frozen `who` encoder's output for a window, from the cache when it was computed before."""
-        if who not in self._encoders:  # the teacher's, keyed by its revision
-            self._encoders[who] = (self.teacher.revision, self.teacher_model.model.encoder, self.teacher.features)
         tag, encoder, features = self._encoders[who]
         root = Path(self.cfg.cache_dir) if self.cfg.cache_dir else self.run_dir / CACHE_DIR
         cache = root / (hashlib.sha1(f"{tag}|{key}".encode()).hexdigest() + ".npy")

@@ -119,6 +119,7 @@ class WhisperTeacher:
         self._processor = None
         self._ct2_model = None
         self._generation_config = None
+        self._config = None
         self._vocab: dict[str, int] | None = None
 
     def __repr__(self) -> str:
@@ -142,9 +143,11 @@ class WhisperTeacher:
         """The ``WhisperConfig``, read from config.json without loading the weights when they are not loaded."""
         if self._model is not None:
             return self._model.config
-        from transformers import WhisperConfig
+        if self._config is None:
+            from transformers import WhisperConfig
 
-        return WhisperConfig.from_pretrained(self.hf_dir)
+            self._config = WhisperConfig.from_pretrained(self.hf_dir)
+        return self._config
 
     @property
     def processor(self):
