@@ -211,6 +211,11 @@ def test_cli_student_create(tiny_whisper_dir, other_tiny_whisper_dir, tmp_path, 
     assert "pretrained" in capsys.readouterr().out
     model = load_student(tmp_path / "p")
     assert (model.config.d_model, model.config.decoder_layers) == (32, 2)
+    # 0 decoder layers is refused, not replaced by the default.
+    args = parser.parse_args(["student", "create", "--teacher", str(tiny_whisper_dir), "--decoder-layers", "0",
+                              "--out", str(tmp_path / "z")])
+    with pytest.raises(ConfigError, match="at least 1 decoder"):
+        args.func(args)
 
 
 def test_student_config_refuses_both_init_from_and_pretrained(tiny_whisper_dir, other_tiny_whisper_dir):

@@ -107,8 +107,8 @@ def _as_teacher(teacher: Any):
 def create_student(teacher: Any, encoder_layers: int | None = None, decoder_layers: int | None = 2):
     """A ``WhisperForConditionalGeneration`` initialised from ``teacher`` (a WhisperTeacher or a spec).
 
-    None keeps all of a stack's layers. Every layer count is checked before the teacher weights are loaded. The student carries the
-    teacher's processor as ``model.speechkd_processor`` and a generation config whose alignment heads
+    None keeps all of a stack's layers. Every layer count is checked before the teacher weights are
+    loaded. The student carries the teacher's processor as ``model.speechkd_processor`` and a generation config whose alignment heads
     point at the kept decoder layers.
     """
     from transformers import WhisperForConditionalGeneration
@@ -459,9 +459,9 @@ def add_student_parser(sub) -> argparse.ArgumentParser:
 def cmd_student_create(args: argparse.Namespace) -> int:
     from speechkd.students import build_student, save_student
 
-    decoder_layers = args.decoder_layers if args.decoder_layers or args.pretrained else 2
-    cfg = {"teacher": args.teacher, "pretrained": args.pretrained, "encoder_layers": args.encoder_layers,
-           "decoder_layers": decoder_layers}
+    cfg = {"teacher": args.teacher, "pretrained": args.pretrained, "encoder_layers": args.encoder_layers}
+    if args.decoder_layers is not None or args.pretrained:  # unset: all of a pretrained model's, else the default
+        cfg["decoder_layers"] = args.decoder_layers
     model = build_student("whisper", cfg)
     save_student(model, args.out)
     layers = model.speechkd_layer_map
