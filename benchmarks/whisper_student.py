@@ -68,7 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny settings (a smoke test, not a measurement)")
     ap.add_argument("--work", type=Path, default=None, help="data/run folder (default exp/bench_students[_quick])")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps for the dec2 students (tiny.en: SMALL_STEPS)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps for the dec2 student (tiny.en: SMALL_STEPS)")
     ap.add_argument("--max-test", type=int, default=None, help="utterances per held-out test set")
     ap.add_argument("--n-spec", type=int, default=None, help="clips for the speculative-decoding comparison")
     args = ap.parse_args()

@@ -84,8 +84,9 @@ class WhisperKDTask:
         self.student_io = teacher_from_model(model, getattr(model, PROCESSOR_ATTR), "student")
         self.same_vocab = check_compatible(model, self.student_io.tokenizer, self.teacher, cfg)
         same_width = model.config.d_model == self.teacher.config.d_model
-        needs_teacher = cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0 or same_width
-        self.teacher_model = self.teacher.model.eval() if needs_teacher else None
+        learns_teacher_outputs = cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0
+        # A student of the teacher's width may share its encoder (checked below): load the teacher to know.
+        self.teacher_model = self.teacher.model.eval() if learns_teacher_outputs or same_width else None
         if self.teacher_model is not None:
             for p in self.teacher_model.parameters():
                 p.requires_grad_(False)
@@ -98,7 +99,7 @@ class WhisperKDTask:
         # teacher's stands in for the student's when the two are equal and stay equal (frozen).
         self.use_cache_for_student = self.shared_encoder and freeze
         self.cache_student = freeze and not self.shared_encoder and cfg.cache_encoder
-        self.needs_teacher_encoder = self.use_cache_for_student or cfg.kl_weight > 0 or cfg.encoder_loss_weight > 0
+        self.needs_teacher_encoder = self.use_cache_for_student or learns_teacher_outputs
         self._encoders = {}  # who -> (cache tag, encoder, feature function) of the encoders whose output is cached
         if self.teacher_model is not None:
             self._encoders["teacher"] = (self.teacher.revision, self.teacher_model.model.encoder, self.teacher.features)
