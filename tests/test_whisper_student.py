@@ -185,6 +185,24 @@ def test_speculative_decoding_reproduces_teacher_greedy_ids(tiny_teacher, clips)
     assert report["teacher_seconds"] > 0 and report["speculative_seconds"] > 0
 
 
+def test_speculative_drafts_come_from_a_consistent_assistant_cache(tiny_teacher, clips):
+    """An assistant identical to the teacher drafts exactly the teacher's tokens, so every draft is accepted and the
+    teacher's decoder runs far fewer times than there are tokens. Without a decoder attention mask the assistant
+    re-fed its whole prefix on top of its cache each round: garbage drafts (transformers <= 5.24) or a cache that
+    outgrew the positional table (5.25: IndexError)."""
+    twin = create_student(tiny_teacher, decoder_layers=tiny_teacher.model.config.decoder_layers)
+    spec = SpeculativeRecognizer(tiny_teacher.model, twin, tiny_teacher.processor)
+    calls = []
+    hook = tiny_teacher.model.model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ids = spec.generate_token_ids(list(clips[:1]))[0]
+    finally:
+        hook.remove()
+    assert ids == tiny_teacher.generate_token_ids(list(clips[:1]), batch_size=1)[0]
+    assert len(ids) >= 8, "the clip must decode to enough tokens for drafting to matter"
+    assert len(calls) <= len(ids) // 2, f"teacher decoder ran {len(calls)} times for {len(ids)} tokens"
+
+
 def test_speculative_refuses_a_different_tokenizer(tiny_teacher):
     from transformers import WhisperForConditionalGeneration
 

@@ -359,6 +359,10 @@ class SpeculativeRecognizer:
         if t.is_multilingual and options.language is None:
             raise ValueError("speculative decoding needs a fixed language for multilingual models")
         prompt = torch.tensor([t.prompt_ids(options.language)], device=t.device)
+        # The candidate generator grows this mask with the sequence and _prefill slices the assistant's input to
+        # the tokens its cache lacks by it; without one the assistant re-feeds its whole prefix on top of its
+        # cache every round (garbage drafts, and past max_target_positions an IndexError in transformers 5.25).
+        prompt_mask = torch.ones_like(prompt)
         models = (t.model, self.assistant)
         modes = [m.training for m in models]
         for m in models:
@@ -376,7 +380,7 @@ class SpeculativeRecognizer:
                 features = torch.from_numpy(t.features([_check_audio(audio, i)])).to(device=t.device, dtype=t.dtype)
                 with torch.inference_mode():
                     seq = GenerationMixin.generate(
-                        t.model, input_features=features, decoder_input_ids=prompt,
+                        t.model, input_features=features, decoder_input_ids=prompt, decoder_attention_mask=prompt_mask,
                         generation_config=t.model_generation_config, assistant_model=self.assistant,
                         max_new_tokens=t._max_new_tokens(options), num_beams=1, do_sample=False,
                         forced_decoder_ids=None,
