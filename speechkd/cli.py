@@ -49,8 +49,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
                             help=f"(default: {default!r})")
 
 
+RAW_GREEDY_HELP = ("Whisper models: turn the hallucination guards off (temperature fallback, duration budget, "
+                   "repetition rule) and decode plain greedy, for exact comparisons; same as `guards: {enabled: false}`")
+
+
 def config_from_args(cls: type, args: argparse.Namespace):
     overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(cls)}
+    if getattr(args, "raw_greedy", False):
+        overrides["guards"] = {"enabled": False}
     return load_config(cls, args.config, **overrides)
 
 
@@ -185,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="WER/CER, real-time factor, parameters and size of a model on data with references")
     e.add_argument("--out", type=Path, help="run folder for results.json, per_utterance.jsonl, config.yaml, log/")
+    e.add_argument("--raw-greedy", action="store_true", help=RAW_GREEDY_HELP)
     add_config_args(e, EvalConfig)
     e.set_defaults(func=cmd_eval)
 
@@ -193,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--out", required=True, type=Path, help="labels JSONL (siblings: .config.yaml, .skipped.jsonl, .summary.json)")
     lab.add_argument("--hf-out", type=Path, help="also save the labels as an HF dataset (save_to_disk) here")
     lab.add_argument("--quiet", action="store_true", help="no progress bar")
+    lab.add_argument("--raw-greedy", action="store_true", help=RAW_GREEDY_HELP)
     add_config_args(lab, LabelConfig)
     lab.set_defaults(func=cmd_label)
 

@@ -97,7 +97,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
     kwargs = {k: _coerce(v, hints[k], k, where) for k, v in data.items()}
     try:
         obj = cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # ValueError: a config that validates itself on construction
         raise ConfigError(f"{where}: {e}") from e
     validate = getattr(obj, "validate", None)
     if callable(validate):

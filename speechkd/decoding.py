@@ -22,12 +22,23 @@ import numpy as np
 import torch
 
 from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, WHISPER_MAX_TARGET_TOKENS
+from speechkd_runtime.guards import (
+    NO_SPEECH_TOKENS,
+    RAW_GREEDY,
+    STOP_EOT,
+    Attempt,
+    GuardedResult,
+    WhisperGuards,
+    audio_key,
+    decode_with_fallback,
+    greedy_loop,
+    limit_attempt,
+)
 
 SAMPLE_RATE_HZ = 16_000
 FRAME_SECONDS = 0.02  # one encoder frame (two 10 ms mel hops)
 SAMPLES_PER_FRAME = int(SAMPLE_RATE_HZ * FRAME_SECONDS)
 MEDIAN_FILTER_WIDTH = 7  # smoothing of cross-attention before DTW, as in openai/whisper's timing.py
-NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # v3 name first, older checkpoints second
 
 
 @dataclass
@@ -47,6 +58,7 @@ class WindowResult:
     samples: list[Hypothesis]
     no_speech_prob: float
     language: str | None
+    guard: GuardedResult | None = None  # what the hallucination guards did to get `best`
 
 
 def step_stats(logits: np.ndarray, chosen: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +129,10 @@ class ScoredDecoder:
         temperature: float = 0.7,
         seed: int = 0,
         max_new_tokens: int | None = None,
+        guards: WhisperGuards = WhisperGuards(),
     ):
         self.teacher = teacher
+        self.guards = guards
         self.backend = backend
         self.language = teacher._language_code(language) if teacher.is_multilingual else None
         self.task = teacher._check_task(task)
@@ -136,17 +150,39 @@ class ScoredDecoder:
         limit = int(gen.max_length or WHISPER_MAX_TARGET_TOKENS)
         self.max_new_tokens = min(max_new_tokens or limit, limit // 2)  # Whisper's own cap: half the context
         self._prompt_cache: dict[str | None, list[int]] = {}
-        self._masks: dict[tuple, torch.Tensor] = {}
         self.word_start = None  # lazily: which token ids begin a word (leading space)
 
     # ------------------------------------------------------------------------------------ public
 
     def decode(self, windows: Sequence[np.ndarray], align: Sequence[bool], batch_index: int = 0) -> list[WindowResult]:
+        """The guarded best hypothesis of each window (see speechkd_runtime.guards), its scores, samples and,
+        where ``align`` says so, token start times. A window's token budget follows its audio's duration."""
         features = self.teacher.features(list(windows))
         frames = [min(1500, -(-len(w) // SAMPLES_PER_FRAME)) for w in windows]
+        budgets = [self.guards.budget(len(w) / SAMPLE_RATE_HZ, self.max_new_tokens) for w in windows]
+        keys = [audio_key(w) for w in windows]
         if self.backend == "ctranslate2":
-            return self._decode_ct2(features, frames, align, batch_index)
-        return self._decode_hf(features, frames, align, batch_index)
+            return self._decode_ct2(features, frames, align, batch_index, budgets, keys)
+        return self._decode_hf(features, frames, align, batch_index, budgets, keys)
+
+    def _guarded_results(self, decode, budgets, keys, languages) -> list[WindowResult]:
+        guarded = decode_with_fallback(decode, budgets, self._text, self.guards, keys)
+        return [WindowResult(self._scored(g.attempt), [], g.attempt.no_speech_prob or 0.0, lang, g)
+                for g, lang in zip(guarded, languages)]
+
+    def _scored(self, attempt: Attempt) -> Hypothesis:
+        """Per-token log-probabilities and entropies of an attempt, from the step logits it kept."""
+        logits = attempt.extra["logits"]
+        ended = attempt.stop == STOP_EOT and len(logits) > len(attempt.ids)
+        chosen = attempt.ids + [self.eot] if ended else attempt.ids
+        if not chosen:
+            return Hypothesis([])
+        lp, ent = step_stats(np.stack(logits[: len(chosen)]), chosen)
+        return Hypothesis(list(attempt.ids), lp[: len(attempt.ids)].tolist(), ent.tolist(),
+                          float(lp[len(attempt.ids)]) if ended else 0.0)
+
+    def _text(self, ids: list[int]) -> str:
+        return self.teacher.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     def is_word_start(self, token_id: int) -> bool:
         if self.word_start is None:
@@ -162,7 +198,7 @@ class ScoredDecoder:
             self._prompt_cache[lang] = self.teacher.prompt_ids(lang, self.task)
         return [self._prompt_cache[lang] for lang in languages]
 
-    def _decode_ct2(self, features, frames, align, batch_index) -> list[WindowResult]:
+    def _decode_ct2(self, features, frames, align, batch_index, budgets, keys) -> list[WindowResult]:
         import ctranslate2
 
         model = self.teacher.ct2_model
@@ -172,21 +208,45 @@ class ScoredDecoder:
         else:
             languages = [self.language] * len(features)
         prompts = self._prompts(languages)
-        common = dict(max_length=len(prompts[0]) + self.max_new_tokens, suppress_blank=True, suppress_tokens=self.suppress)
-        greedy = model.generate(encoded, prompts, beam_size=1, sampling_topk=1, return_logits_vocab=True,
-                                return_no_speech_prob=True, **common)
-        results = []
-        for r in greedy:
-            ids = self._text_ids(r.sequences_ids[0])
-            logits = np.stack([np.asarray(s) for s in r.logits[0]])
-            chosen = ids + [self.eot] if len(logits) > len(ids) else ids
-            lp, ent = step_stats(logits[: len(chosen)], chosen)
-            hyp = Hypothesis(ids, lp[: len(ids)].tolist(), ent.tolist(), float(lp[len(ids)]) if len(chosen) > len(ids) else 0.0)
-            results.append(WindowResult(hyp, [], float(r.no_speech_prob), languages[len(results)]))
+        enc = np.asarray(encoded)
+        common = dict(suppress_blank=True, suppress_tokens=self.suppress)
+
+        def generate(rows, row_budgets, limit, **sampling) -> list[Attempt]:
+            # ctranslate2's Whisper generate decodes at most half of max_length (its context size).
+            view = encoded if len(rows) == len(features) else ctranslate2.StorageView.from_array(
+                np.ascontiguousarray(enc[rows]))
+            out = model.generate(view, [prompts[i] for i in rows], beam_size=1, return_logits_vocab=True,
+                                 return_no_speech_prob=True, max_length=2 * limit, **common, **sampling)
+            attempts = []
+            for r, budget in zip(out, row_budgets):
+                logits = [np.asarray(x) for x in r.logits[0]]
+                attempt = limit_attempt(Attempt(self._text_ids(r.sequences_ids[0]), 0.0, float(r.no_speech_prob),
+                                                extra={"logits": logits}), budget, self.max_new_tokens, self.guards)
+                scored = self._scored(attempt)  # exact, over what the cut kept
+                attempt.sum_logprob = float(np.sum(scored.logprobs)) + scored.eot_logprob
+                attempts.append(attempt)
+            return attempts
+
+        sampler: dict = {}
+
+        def decode(rows, temperature, row_budgets, rngs) -> list[Attempt]:
+            # Batch-independent, as WhisperTeacher's ctranslate2 decoder: the batched greedy pass runs to the
+            # window's limit and cuts each row to its own budget. Sampled fallbacks run on the transformers
+            # weights: ctranslate2's seed reaches only worker threads it has not started yet, so its sampling
+            # cannot be reproduced, and a resumed labelling run must equal an uninterrupted one.
+            if temperature == 0:
+                return generate(rows, row_budgets, self.max_new_tokens, sampling_topk=1)
+            if not sampler:  # the rows of the first fallback include every later one: encode them once
+                sampler.update(rows=list(rows), run=self._hf_runner(features[rows], [languages[i] for i in rows])[2])
+            return sampler["run"]([sampler["rows"].index(r) for r in rows], temperature, row_budgets, rngs,
+                                  self.guards, True)
+
+        results = self._guarded_results(decode, budgets, keys, languages)
         if self.num_samples:
             ctranslate2.set_random_seed(self.seed + batch_index)
             sampled = model.generate(encoded, prompts, beam_size=1, sampling_topk=0, sampling_temperature=self.temperature,
-                                     num_hypotheses=self.num_samples, return_scores=False, **common)
+                                     num_hypotheses=self.num_samples, return_scores=False,
+                                     max_length=2 * self.max_new_tokens, **common)
             for res, r in zip(results, sampled):
                 res.samples = [Hypothesis(self._text_ids(seq)) for seq in r.sequences_ids]
         if any(align):
@@ -239,90 +299,54 @@ class ScoredDecoder:
 
     # ----------------------------------------------------------------------------- transformers
 
-    def _decode_hf(self, features, frames, align, batch_index) -> list[WindowResult]:
+    def _hf_runner(self, features: np.ndarray, languages: Sequence[str | None] | None = None):
+        """(encoder output, languages, run): ``run(rows, temperature, budgets, rngs, guards, keep_logits)``
+        decodes rows of ``features`` token by token with the transformers model (greedy_loop)."""
+        from speechkd.teachers.whisper import hf_decoder_step
+
         teacher = self.teacher
         model = teacher.model
         device, dtype = teacher.device, teacher.dtype
         inputs = torch.from_numpy(features).to(device=device, dtype=dtype)
         with torch.inference_mode():
             enc = model.model.encoder(inputs).last_hidden_state
-            if teacher.is_multilingual and self.language is None:
-                languages = teacher._detect_hf(inputs)
-            else:
-                languages = [self.language] * len(features)
-            prompts = self._prompts(languages)
-            best, no_speech = self._loop_hf(model, enc, prompts, sample=False, generator=None)
-            results = [WindowResult(h, [], ns, lang) for h, ns, lang in zip(best, no_speech, languages)]
-            if self.num_samples:
-                gen = torch.Generator(device="cpu").manual_seed(self.seed + batch_index)
-                k = self.num_samples
-                rep = enc.repeat_interleave(k, dim=0)
-                samples, _ = self._loop_hf(model, rep, [p for p in prompts for _ in range(k)], sample=True, generator=gen)
-                for i, res in enumerate(results):
-                    res.samples = samples[i * k : (i + 1) * k]
-            if any(align):
-                self._align_hf(model, enc, prompts, frames, align, results)
+            if languages is None:
+                if teacher.is_multilingual and self.language is None:
+                    languages = teacher._detect_hf(inputs)
+                else:
+                    languages = [self.language] * len(features)
+        prompts = np.array(self._prompts(languages), dtype=np.int64)
+        # Special tokens and timestamps never belong in a no-timestamps transcript.
+        suppress = np.array(sorted(set(self.suppress) | set(range(self.eot + 1, model.config.vocab_size))),
+                            dtype=np.int64)
+        begin = np.array(self.begin_suppress, dtype=np.int64)
+
+        def run(rows, temperature, row_budgets, rngs, guards, keep_logits) -> list[Attempt]:
+            with torch.inference_mode():
+                return greedy_loop(hf_decoder_step(model, enc[rows]), prompts[rows], row_budgets, eot=self.eot,
+                                   suppress=suppress, begin_suppress=begin, temperature=temperature, rngs=rngs,
+                                   guards=guards, no_speech_id=self.no_speech_id, keep_logits=keep_logits)
+
+        return enc, list(languages), run
+
+    def _decode_hf(self, features, frames, align, batch_index, budgets, keys) -> list[WindowResult]:
+        enc, languages, run = self._hf_runner(features)
+
+        def decode(rows, temperature, row_budgets, rngs) -> list[Attempt]:
+            return run(rows, temperature, row_budgets, rngs, self.guards, True)
+
+        results = self._guarded_results(decode, budgets, keys, languages)
+        if self.num_samples:
+            k = self.num_samples
+            rows = [i for i in range(len(features)) for _ in range(k)]
+            rngs = [np.random.default_rng([self.seed, batch_index, i, j]) for i in range(len(features)) for j in range(k)]
+            samples = run(rows, self.temperature, [self.max_new_tokens] * len(rows), rngs, RAW_GREEDY, False)
+            for i, res in enumerate(results):
+                res.samples = [Hypothesis(a.ids) for a in samples[i * k : (i + 1) * k]]
+        if any(align):
+            with torch.inference_mode():
+                self._align_hf(self.teacher.model, enc, self._prompts(languages), frames, align, results)
         return results
-
-    def _suppress_mask(self, vocab_size: int, first_step: bool, device) -> torch.Tensor:
-        key = (vocab_size, first_step, str(device))
-        if key not in self._masks:
-            mask = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-            mask[[t for t in self.suppress if 0 <= t < vocab_size]] = True
-            mask[self.eot + 1 :] = True  # special tokens and timestamps: never in a no-timestamps transcript
-            if first_step:
-                mask[[t for t in self.begin_suppress if 0 <= t < vocab_size]] = True
-            self._masks[key] = mask
-        return self._masks[key]
-
-    def _loop_hf(self, model, enc, prompts, *, sample: bool, generator):
-        """Greedy (or temperature-sampled) decoding with the KV cache; returns hypotheses and no-speech probs."""
-        from transformers.modeling_outputs import BaseModelOutput
-
-        batch = len(prompts)
-        ids = torch.tensor(prompts, device=enc.device)
-        out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), decoder_input_ids=ids, use_cache=True)
-        if self.no_speech_id is not None:
-            no_speech = torch.softmax(out.logits[:, 0].float(), dim=-1)[:, self.no_speech_id].tolist()
-        else:
-            no_speech = [0.0] * batch
-        past = out.past_key_values
-        logits = out.logits[:, -1].float()
-        vocab = logits.shape[-1]
-        tokens: list[list[int]] = [[] for _ in range(batch)]
-        step_logits: list[list[np.ndarray]] = [[] for _ in range(batch)]
-        done = torch.zeros(batch, dtype=torch.bool, device=enc.device)
-        for step in range(self.max_new_tokens):
-            logits = logits.masked_fill(self._suppress_mask(vocab, step == 0, logits.device), float("-inf"))
-            if sample:
-                probs = torch.softmax(logits / self.temperature, dim=-1)
-                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
-            else:
-                nxt = logits.argmax(dim=-1)
-            nxt = torch.where(done, torch.full_like(nxt, self.eot), nxt)
-            for b in range(batch):
-                if not done[b]:
-                    tokens[b].append(int(nxt[b]))
-                    if not sample:
-                        step_logits[b].append(logits[b].cpu().numpy())
-            done |= nxt == self.eot
-            if bool(done.all()):
-                break
-            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=enc), decoder_input_ids=nxt[:, None],
-                        past_key_values=past, use_cache=True)
-            past = out.past_key_values
-            logits = out.logits[:, -1].float()
-        hyps = []
-        for b in range(batch):
-            text = self._text_ids(tokens[b])
-            if sample:
-                hyps.append(Hypothesis(text))
-                continue
-            chosen = tokens[b][: len(text) + 1]
-            lp, ent = step_stats(np.stack(step_logits[b][: len(chosen)]), chosen)
-            eot_lp = float(lp[len(text)]) if len(chosen) > len(text) else 0.0
-            hyps.append(Hypothesis(text, lp[: len(text)].tolist(), ent.tolist(), eot_lp))
-        return hyps, no_speech
 
     def _align_hf(self, model, enc, prompts, frames, align, results) -> None:
         """Token start times from the alignment heads' cross-attention (teacher-forced pass + DTW)."""

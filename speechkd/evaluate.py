@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Sequence
 
@@ -24,6 +24,8 @@ from speechkd.io import atomic_write_json, write_jsonl
 from speechkd.lm import BeamSearchFields
 from speechkd.metrics import real_time_factor, score
 from speechkd_runtime.beam import BeamSearchOptions
+from speechkd_runtime.ctc import read_config
+from speechkd_runtime.guards import WhisperGuards
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ class EvalConfig(BeamSearchFields):
     # CTC models (BeamSearchFields): beam search with `lm`. Without it, decoding is greedy, or what an ONNX
     # export's config.json ships (`speechkd export --lm`).
     greedy: bool = False  # greedy CTC decoding even when the export ships an LM
+    # Whisper models (teachers, students, ONNX exports): hallucination guards, on by default;
+    # `guards: {enabled: false}` is raw greedy decoding.
+    guards: WhisperGuards = field(default_factory=WhisperGuards)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -70,15 +75,18 @@ class EvalConfig(BeamSearchFields):
 class WhisperRecognizer:
     """A Whisper teacher (or Whisper student) behind the Recognizer protocol, on one backend."""
 
-    def __init__(self, teacher, backend: str = "transformers", batch_size: int = 8, language: str | None = "en"):
+    def __init__(self, teacher, backend: str = "transformers", batch_size: int = 8, language: str | None = "en",
+                 guards: WhisperGuards | None = None):
         self.teacher = teacher
         self.backend = backend
         self.batch_size = batch_size
         self.language = language
+        self.guards = guards
         self.name = f"{teacher.name} [{backend}]"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
-        return self.teacher.transcribe(list(audios), backend=self.backend, batch_size=self.batch_size, language=self.language)
+        return self.teacher.transcribe(list(audios), backend=self.backend, batch_size=self.batch_size,
+                                       language=self.language, guards=self.guards)
 
     def num_parameters(self) -> int | None:
         from speechkd.metrics import count_parameters
@@ -103,17 +111,17 @@ class RuntimeRecognizer:
     """
 
     def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None,
-                 **ctc_decoding):
-        """ctc_decoding: CtcModel's lm / beam / greedy (CTC exports only)."""
+                 guards: WhisperGuards | None = None, **ctc_decoding):
+        """guards: Whisper exports' hallucination guards (default on); ctc_decoding: CtcModel's lm / beam / greedy
+        (CTC exports only)."""
         import speechkd_runtime
-        from speechkd_runtime.ctc import read_config
 
         self.model_dir = Path(model_dir)
         config = read_config(self.model_dir)
         if config.get("model_type") == "whisper":
             from speechkd_runtime import whisper
 
-            self.model = whisper.load(self.model_dir, variant=variant, num_threads=num_threads)
+            self.model = whisper.load(self.model_dir, variant=variant, num_threads=num_threads, guards=guards)
             files = self.model.config["files"][self.model.variant]
             self.files = [self.model_dir / f for f in (files.values() if isinstance(files, dict) else files)]
             label = self.model.variant
@@ -142,7 +150,7 @@ class RuntimeRecognizer:
 def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, language: str | None = "en",
                     compute_type: str = "default", num_threads: int | None = None,
                     variant: str | None = None, lm: str | None = None, beam: BeamSearchOptions | None = None,
-                    greedy: bool = False) -> Recognizer:
+                    greedy: bool = False, guards: WhisperGuards | None = None) -> Recognizer:
     """Resolve a model spec into a Recognizer: a saved student dir, an ONNX export dir (run by the on-device
     runtime; `variant` picks fp32/int8), or a Whisper teacher (bundled name, HF id/dir, CTranslate2 dir).
 
@@ -158,6 +166,8 @@ def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, la
         return student_recognizer(path, batch_size=batch_size, **decoding)
     if path.is_dir() and any(path.glob("*.onnx")) and (path / "config.json").is_file():
         decoding = {"lm": lm, "beam": beam} if lm else {"greedy": greedy}
+        if guards is not None and read_config(path).get("model_type") == "whisper":
+            decoding["guards"] = guards
         return RuntimeRecognizer(path, variant=variant, num_threads=num_threads, **decoding)
     if lm:
         raise ConfigError(f"{spec}: --lm (CTC beam search) applies to CTC students and their ONNX exports only; "
@@ -166,7 +176,7 @@ def load_recognizer(spec: str, *, backend: str = "auto", batch_size: int = 8, la
     teacher = load_whisper(spec, compute_type=compute_type, cpu_threads=num_threads or 0)
     if backend == "auto":
         backend = "ctranslate2" if teacher.ct2_dir is not None else "transformers"
-    return WhisperRecognizer(teacher, backend=backend, batch_size=batch_size, language=language)
+    return WhisperRecognizer(teacher, backend=backend, batch_size=batch_size, language=language, guards=guards)
 
 
 def evaluate(
@@ -259,7 +269,8 @@ def run_eval(cfg: EvalConfig, out_dir: str | os.PathLike | None = None) -> dict:
         utts = utts[: cfg.max_utterances]
     rec = load_recognizer(cfg.model, backend=cfg.backend, batch_size=cfg.batch_size, language=cfg.language,
                           compute_type=cfg.compute_type, num_threads=cfg.num_threads, variant=cfg.variant,
-                          lm=cfg.lm, beam=cfg.beam_options() if cfg.lm else None, greedy=cfg.greedy)
+                          lm=cfg.lm, beam=cfg.beam_options() if cfg.lm else None, greedy=cfg.greedy,
+                          guards=cfg.guards)
     if out_dir is not None:
         save_config(cfg, Path(out_dir) / "config.yaml")
     return evaluate(rec, utts, batch_size=cfg.batch_size, language=cfg.language, out_dir=out_dir, warmup=cfg.warmup)

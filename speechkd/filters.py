@@ -13,6 +13,8 @@ combined score without sign bookkeeping, and AUROC is computed the same way for 
 | `no_speech`  | Whisper's no-speech probability                                          | `no_speech_prob`      |
 | `compression`| gzip compression ratio of the text (repetition loops compress well)      | `text`                |
 | `repeats`    | share of word n-grams that repeat an earlier one in the same label       | `text`                |
+| `guard`      | 1 when a decoding guard cut the label (loop, budget) or the text repeats | `text` (`guard`)      |
+|              | a unit > 10 times; else 0.1 x temperature fallbacks                      |                       |
 | `rate`       | robust z-score of log(characters or words per second) vs the set median  | `text`, `duration`    |
 | `sample_wer` | mean WER % of the sampled hypotheses against the greedy label            | `hypotheses`          |
 | `proxy_wer`  | WER % of the label against a second, different model's transcript        | proxy labels file     |
@@ -40,7 +42,7 @@ import numpy as np
 
 from speechkd.config import ConfigError, save_config, to_dict
 from speechkd.io import OutputPaths, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
-from speechkd.text import compression_ratio
+from speechkd_runtime.guards import compression_ratio, text_repetition
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "nll": 1.0,
     "no_speech": 0.6,
     "compression": 2.4,
+    "guard": 0.5,  # drops every label a guard had to cut (and text loops); fallbacks alone only rank
     "repeats": 0.25,
     "rate": 3.5,
     "sample_wer": 30.0,
@@ -233,6 +236,20 @@ def score_no_speech(records, ctx):
 @register_scorer("compression", needs=("text",), description="gzip compression ratio of the text")
 def score_compression(records, ctx):
     return [compression_ratio(r["text"]) for r in records]
+
+
+GUARD_FALLBACK_WEIGHT = 0.1  # badness per temperature fallback: 5 fallbacks stay at the 0.5 threshold
+
+
+@register_scorer("guard", needs=("text",),
+                 description="1 if a decoding guard cut the label or its text loops, else 0.1 x fallbacks")
+def score_guard(records, ctx):
+    out = []
+    for r in records:
+        guard = r.get("guard") or {}  # labels made before the guards have none: the text rule still applies
+        cut = bool(guard.get("cut")) or text_repetition(r["text"])
+        out.append(1.0 if cut else GUARD_FALLBACK_WEIGHT * float(guard.get("fallbacks", 0)))
+    return out
 
 
 def repeated_ngram_share(words: Sequence[str], n: int) -> float:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Sequence
 
@@ -26,14 +26,14 @@ import numpy as np
 from speechkd.config import save_config, to_dict
 from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, open_data
 from speechkd.io import JsonlWriter, OutputPaths, atomic_write_json, read_jsonl, write_jsonl
-from speechkd.text import compression_ratio
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
+from speechkd_runtime.guards import WhisperGuards, compression_ratio
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE_HZ = 16_000
 LABEL_FIELDS = ("text", "tokens", "avg_logprob", "mean_entropy", "no_speech_prob", "compression_ratio",
-                "n_tokens", "duration", "teacher", "language", "packed", "hypotheses", "reference")
+                "n_tokens", "duration", "teacher", "language", "packed", "guard", "hypotheses", "reference")
 PACK_ROUNDS = 2  # packed decoding rounds before leftovers are decoded one by one
 SHARD_WAIT_SECONDS = 6 * 3600  # rank 0 waits this long for the other shards before giving up on merging
 SHARD_POLL_SECONDS = 2.0
@@ -62,6 +62,9 @@ class LabelConfig:
     max_duration_s: float | None = None  # skip longer audio; None: transcribe long audio completely
     num_shards: int = 1  # > 1: this process labels every num_shards-th utterance (torchrun sets it)
     shard_id: int = 0
+    # Hallucination guards (temperature fallback, duration budget, repetition rule): every record says which
+    # acted under `guard`; `guards: {enabled: false}` is raw greedy decoding.
+    guards: WhisperGuards = field(default_factory=WhisperGuards)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -99,6 +102,7 @@ class _Piece:
     no_speech_prob: float
     samples: list[list[int]]
     language: str | None
+    guard: dict  # GuardedResult.record() of the decode it came from
 
 
 def _slice(result, assignment: list[int] | None, k: int, sample_assignments) -> _Piece:
@@ -118,6 +122,7 @@ def _slice(result, assignment: list[int] | None, k: int, sample_assignments) -> 
         no_speech_prob=result.no_speech_prob,
         samples=samples,
         language=result.language,
+        guard=result.guard.record(),
     )
 
 
@@ -130,7 +135,8 @@ class Labeller:
         self.teacher = teacher
         self.cfg = cfg
         self.decoder = ScoredDecoder(teacher, cfg.backend, language=cfg.language, task=cfg.task,
-                                     num_samples=cfg.num_samples, temperature=cfg.sample_temperature, seed=cfg.seed)
+                                     num_samples=cfg.num_samples, temperature=cfg.sample_temperature, seed=cfg.seed,
+                                     guards=cfg.guards)
         self.audio_cfg = AudioConfig(sample_rate=SAMPLE_RATE_HZ, max_duration_s=cfg.max_duration_s)
         self.tokenizer = teacher.tokenizer
         self._keys: dict[int, str] = {}
@@ -201,6 +207,9 @@ class Labeller:
                 if not w.packed:
                     out[w.pieces[0].utt] = _slice(res, None, 0, None)
                     continue
+                if res.guard.cut:  # a loop or a runaway in a shared window: find whose, one clip at a time
+                    solo += [p.utt for p in w.pieces]
+                    continue
                 spans = w.spans_seconds(SAMPLE_RATE_HZ)
                 starts = [self.decoder.is_word_start(t) for t in res.best.ids]
                 assignment, suspicious = assign_tokens(res.best.token_starts, starts, spans)
@@ -248,6 +257,7 @@ class Labeller:
             no_speech_prob=float(np.prod([p.no_speech_prob for p in parts])),
             samples=[[t for p in parts for t in p.samples[s]] for s in range(self.cfg.num_samples)],
             language=parts[0].language,
+            guard=join_guard_records([p.guard for p in parts]),
         )
 
     # -- records
@@ -271,12 +281,25 @@ class Labeller:
             teacher={"name": self.teacher.name, "revision": self.teacher.revision, "backend": self.cfg.backend},
             language=piece.language or self.cfg.language,
             packed=packed,
+            guard=piece.guard,
         )
         if self.cfg.num_samples:
             rec["hypotheses"] = [self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in piece.samples]
         if utt.text is not None:
             rec["reference"] = utt.text
         return rec
+
+
+def join_guard_records(records: Sequence[dict]) -> dict:
+    """One guard record for an utterance decoded in several chunks: the worst of each field."""
+    cuts = [r["cut"] for r in records if r["cut"]]
+    return {"temperature": max(r["temperature"] for r in records),
+            "fallbacks": sum(r["fallbacks"] for r in records),
+            "compression_ratio": max(r["compression_ratio"] for r in records),
+            "no_speech": all(r["no_speech"] for r in records),
+            "no_speech_prob": min((r["no_speech_prob"] for r in records if r["no_speech_prob"] is not None),
+                                  default=None),
+            "cut": cuts[0] if cuts else None}
 
 
 def pseudo_label(

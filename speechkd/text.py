@@ -8,7 +8,6 @@ that strips punctuation and symbols), as Distil-Whisper and the Open ASR Leaderb
 
 from __future__ import annotations
 
-import zlib
 from functools import lru_cache
 
 ENGLISH_CODES = ("en", "english")
@@ -36,8 +35,3 @@ def normalize(text: str | None, language: str | None = "en") -> str:
     norm = _english() if lang in ENGLISH_CODES else _basic()
     return " ".join(norm(text).split())
 
-
-def compression_ratio(text: str) -> float:
-    """gzip ratio of the text, as Whisper uses to spot repetition loops (> 2.4 is suspicious)."""
-    raw = text.encode("utf-8")
-    return len(raw) / len(zlib.compress(raw)) if raw else 0.0

@@ -15,7 +15,7 @@ from speechkd.data import open_data
 from speechkd.io import read_jsonl
 from speechkd.label import LabelConfig, LabelError, labels_to_dataset, pseudo_label, run_label
 from speechkd.metrics import score
-from speechkd.text import compression_ratio
+from speechkd_runtime.guards import compression_ratio
 
 REQUIRED = {"id", "text", "tokens", "avg_logprob", "mean_entropy", "no_speech_prob", "compression_ratio",
             "n_tokens", "duration", "teacher", "reference"}

@@ -11,6 +11,7 @@ import pytest
 from speechkd.teachers import BUNDLED_TEACHERS, TeacherLoadError, WhisperTeacher, load_whisper, resolve_bundled
 from speechkd.teachers import bundled as bundled_mod
 from speechkd.teachers import ct2 as ct2_mod
+from speechkd_runtime.guards import RAW_GREEDY, WhisperGuards
 
 SAMPLE_RATE_HZ = 16_000
 CLIP_SECONDS = (1.0, 2.5, 0.5)
@@ -40,15 +41,29 @@ def test_load_save_pretrained_dir(tiny_teacher, tiny_whisper_dir):
 
 
 def test_backends_agree_on_random_model(tiny_teacher):
+    # Plain greedy on both: the guards' fallback samples, and each backend draws from its own generator.
     clips = _clips()
-    hf = tiny_teacher.generate_token_ids(clips, backend="transformers", batch_size=2)
-    ct = tiny_teacher.generate_token_ids(clips, backend="ctranslate2", batch_size=2)
+    hf = tiny_teacher.generate_token_ids(clips, backend="transformers", batch_size=2, guards=RAW_GREEDY)
+    ct = tiny_teacher.generate_token_ids(clips, backend="ctranslate2", batch_size=2, guards=RAW_GREEDY)
     assert tiny_teacher.ct2_dir is not None and (tiny_teacher.ct2_dir / "model.bin").is_file()
     assert hf == ct  # same ids, including where each clip stopped (end-of-text or the length limit)
     assert all(len(set(ids)) > 1 for ids in hf), f"degenerate random model output: {hf}"
     assert hf[0] != hf[1], "outputs should depend on the audio"
-    texts = tiny_teacher.transcribe(clips, backend="ctranslate2")
+    texts = tiny_teacher.transcribe(clips, backend="ctranslate2", guards=RAW_GREEDY)
     assert texts == [tiny_teacher.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in ct]
+
+
+def test_guarded_decoding_is_batch_independent_and_records_the_guards(tiny_teacher):
+    # A random model's hypotheses are unlikely (avg log-prob < -1): every clip falls back, sampling at each
+    # temperature with a generator seeded from its own audio, so batching cannot change its result.
+    clips = _clips()
+    for backend in ("transformers", "ctranslate2"):
+        one = tiny_teacher.generate_guarded(clips, backend=backend, batch_size=1)
+        three = tiny_teacher.generate_guarded(clips, backend=backend, batch_size=3)
+        assert [r.ids for r in one] == [r.ids for r in three]
+        assert all(r.fallbacks > 0 for r in one), [r.record() for r in one]
+        budgets = [WhisperGuards().budget(len(c) / 16000, 20) for c in clips]
+        assert all(len(r.ids) <= b for r, b in zip(one, budgets))
 
 
 def test_max_new_tokens_and_batching(tiny_teacher):

@@ -15,6 +15,7 @@ import torch
 from speechkd.export.whisper_onnx import ExportError, export_whisper, export_whisper_ct2
 from speechkd.teachers import load_whisper
 from speechkd_runtime import whisper as runtime
+from speechkd_runtime.guards import RAW_GREEDY
 
 ROOT = Path(__file__).resolve().parents[1]
 # fp32 ONNX vs PyTorch on CPU: same math, different kernels. Observed max |diff| ~3e-5 on logits of
@@ -94,9 +95,10 @@ def test_runtime_greedy_equals_transformers_greedy(exported, teacher, audios):
     model = runtime.WhisperModel(exported)
     feats = np.stack([model.features(a) for a in audios])
     np.testing.assert_allclose(feats, teacher.features(audios), atol=1e-4)
-    expected = teacher.generate_token_ids(audios, batch_size=len(audios))
-    assert model.generate(feats) == expected
+    expected = teacher.generate_token_ids(audios, batch_size=len(audios), guards=RAW_GREEDY)
+    assert model.generate(feats, guards=RAW_GREEDY) == expected
     assert any(len(ids) > 3 for ids in expected)
+    # Guarded (the default on both sides): the same fallback schedule, budgets and per-clip sampling seeds.
     assert model.transcribe(audios) == teacher.transcribe(audios)
     assert runtime.transcribe(exported, audios[0]) == teacher.transcribe(audios[:1])[0]
 
@@ -199,7 +201,7 @@ def test_bpe_decoding_without_a_tokenizer_library(exported, teacher):
 def test_long_audio_is_decoded_in_chunks_of_at_most_30_s(exported, monkeypatch):
     model = runtime.WhisperModel(exported)
     seen = []
-    monkeypatch.setattr(model, "generate", lambda mel, language=None: seen.append(mel.shape) or [[40]] * len(mel))
+    monkeypatch.setattr(model, "generate", lambda mel, language=None, **_: seen.append(mel.shape) or [[40]] * len(mel))
     rng = np.random.default_rng(1)
     audio = (0.1 * rng.standard_normal(16000 * 45)).astype(np.float32)
     audio[16000 * 25:16000 * 26] = 0.0  # a pause: the cut goes there
@@ -242,7 +244,7 @@ def test_ct2_export_runs_in_faster_whisper(tiny_whisper_dir, teacher, audios, tm
     results = ct2.generate(feats, [prompt] * len(audios), beam_size=1, max_length=40, return_scores=False,
                            suppress_blank=True, suppress_tokens=list(teacher.model.generation_config.suppress_tokens))
     got = [teacher._strip(r.sequences_ids[0], prompt) for r in results]
-    assert got == teacher.generate_token_ids(audios, batch_size=len(audios))
+    assert got == teacher.generate_token_ids(audios, batch_size=len(audios), guards=RAW_GREEDY)
 
 
 def test_verify_whisper_export_against_pytorch(exported, tiny_whisper_dir, synth_corpus, tmp_path):

@@ -21,6 +21,7 @@ from speechkd.students.whisper import (
     teacher_from_model,
 )
 from speechkd.teachers import load_whisper
+from speechkd_runtime.guards import RAW_GREEDY
 
 SIX_LAYER_HEADS = [[2, 0], [5, 1], [3, 2]]
 
@@ -177,7 +178,7 @@ def test_speculative_decoding_reproduces_teacher_greedy_ids(tiny_teacher, clips)
     spec = SpeculativeRecognizer(tiny_teacher.model, student, tiny_teacher.processor)
     rng = np.random.default_rng(0)
     audios = list(clips[:2]) + [rng.standard_normal(16000).astype(np.float32) * 0.1]
-    expected = tiny_teacher.generate_token_ids(audios, batch_size=1)
+    expected = tiny_teacher.generate_token_ids(audios, batch_size=1, guards=RAW_GREEDY)
     assert spec.generate_token_ids(audios) == expected
     assert any(len(ids) > 3 for ids in expected)  # real sequences were compared, not empty ones
     report = compare_speculative(tiny_teacher, student, clips[:1])
@@ -198,7 +199,7 @@ def test_speculative_drafts_come_from_a_consistent_assistant_cache(tiny_teacher,
         ids = spec.generate_token_ids(list(clips[:1]))[0]
     finally:
         hook.remove()
-    assert ids == tiny_teacher.generate_token_ids(list(clips[:1]), batch_size=1)[0]
+    assert ids == tiny_teacher.generate_token_ids(list(clips[:1]), batch_size=1, guards=RAW_GREEDY)[0]
     assert len(ids) >= 8, "the clip must decode to enough tokens for drafting to matter"
     assert len(calls) <= len(ids) // 2, f"teacher decoder ran {len(calls)} times for {len(ids)} tokens"
 

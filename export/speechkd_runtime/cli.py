@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "config.json's `decoding` ships, else greedy decoding)")
     p.add_argument("--beam-size", type=int, default=None, help="CTC: beam width (with the LM's other settings)")
     p.add_argument("--greedy", action="store_true", help="CTC: greedy decoding even if an LM is shipped")
+    p.add_argument("--raw-greedy", action="store_true", help="Whisper: plain greedy decoding, without the "
+                   "hallucination guards (temperature fallback, duration budget, repetition rule)")
     p.add_argument("--json", action="store_true", help="print JSON lines with path, text and seconds")
     return p
 
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import transcribe
 
             kwargs = {k: v for k, v in (("num_threads", args.num_threads), ("variant", args.variant)) if v}
+            if args.raw_greedy:
+                from .guards import RAW_GREEDY
+
+                kwargs["guards"] = RAW_GREEDY
             run = lambda path: transcribe(args.model_dir, path, **kwargs)  # noqa: E731
         failed = 0
         for path in args.audio:

@@ -1,11 +1,14 @@
 """Run a Whisper model exported by speechkd (encoder.onnx + decoder.onnx with KV cache) on onnxruntime.
 
 numpy + onnxruntime only: log-mel features from speechkd_runtime.features (the implementation the
-training side uses), greedy decoding with the self-attention cache carried between decoder calls,
-and byte-level BPE ids -> text with GPT-2's bytes-to-unicode table. Decoding follows the rules
+training side uses), token-by-token decoding with the self-attention cache carried between decoder
+calls, and byte-level BPE ids -> text with GPT-2's bytes-to-unicode table. Each step follows the rules
 transformers' greedy ``generate`` applies for a Whisper model: the prompt from config.json
 (<|startoftranscript|> [<|lang|> <|transcribe|>] <|notimestamps|>), suppressed tokens at every step,
-"begin" suppressed tokens at the first step, at most ``max_new_tokens`` tokens, stop at <|endoftext|>.
+"begin" suppressed tokens at the first step, stop at <|endoftext|>. Around that, the hallucination guards
+of speechkd_runtime.guards (temperature fallback, a token budget from the audio's duration, a repetition
+rule) are on by default, as in every speechkd Whisper path; ``guards=RAW_GREEDY`` is plain greedy decoding
+with at most ``max_new_tokens`` tokens.
 
 Audio longer than 30 s is cut into chunks of at most 30 s at quiet points (the CTC runtime's chunk
 planner) and each chunk is decoded as its own window; chunk transcripts are joined with spaces.
@@ -29,6 +32,15 @@ import numpy as np
 from .audio import load_audio, to_model_rate
 from .ctc import ModelDirError, plan_chunks, read_config, session_options
 from .features import whisper_log_mel
+from .guards import (
+    NO_SPEECH_TOKENS,
+    Attempt,
+    GuardedResult,
+    WhisperGuards,
+    audio_key,
+    decode_with_fallback,
+    greedy_loop,
+)
 
 REQUIRED_KEYS = ("model_type", "n_mels", "decoder_layers", "d_model", "vocab_size", "eot", "prompt",
                  "max_new_tokens", "files", "tokens")
@@ -65,7 +77,7 @@ class WhisperModel:
     """An exported Whisper model on onnxruntime (fp32 or int8 graphs)."""
 
     def __init__(self, model_dir: str | os.PathLike, *, variant: str | None = None, num_threads: int | None = None,
-                 providers: Sequence[str] | None = None):
+                 providers: Sequence[str] | None = None, guards: WhisperGuards | None = None):
         import onnxruntime as ort
 
         self.model_dir = Path(model_dir)
@@ -113,6 +125,10 @@ class WhisperModel:
         self.max_new_tokens = int(self.config["max_new_tokens"])
         self.suppress = np.array(self.config.get("suppress_tokens", []), dtype=np.int64)
         self.begin_suppress = np.array(self.config.get("begin_suppress_tokens", []), dtype=np.int64)
+        self.no_speech_id = next((self.tokens.index(t) for t in NO_SPEECH_TOKENS if t in self.tokens), None)
+        # Format 1 stacked every layer's cross K/V as [L, B, 1500, D]; format 2 has one [B, ...] input per layer.
+        self._cross_batch_axis = 1 if int(self.config.get("format_version", 2)) == 1 else 0
+        self.guards = WhisperGuards() if guards is None else guards
 
     # ------------------------------------------------------------------------------ building blocks
 
@@ -146,33 +162,42 @@ class WhisperModel:
         return self.decoder.run(None, {"tokens": np.asarray(tokens, dtype=np.int64), "self_k": empty,
                                        "self_v": empty, **cross})[0]
 
-    def generate(self, mel: np.ndarray, language: str | None = None) -> list[list[int]]:
-        """Greedy token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]."""
+    def generate(self, mel: np.ndarray, language: str | None = None, *, seconds: Sequence[float] | None = None,
+                 guards: WhisperGuards | None = None, keys: Sequence[int] | None = None) -> list[list[int]]:
+        """Token ids (no prompt, no end-of-text) for a batch of features [B, n_mels, 3000]; see generate_guarded."""
+        return [r.ids for r in self.generate_guarded(mel, language, seconds=seconds, guards=guards, keys=keys)]
+
+    def generate_guarded(self, mel: np.ndarray, language: str | None = None, *,
+                         seconds: Sequence[float] | None = None, guards: WhisperGuards | None = None,
+                         keys: Sequence[int] | None = None) -> list[GuardedResult]:
+        """Guarded decoding (speechkd_runtime.guards) of a batch of features [B, n_mels, 3000]: the encoder runs
+        once, each temperature of the fallback decodes only the rows that still need it. ``seconds`` is each
+        row's audio duration, for the token budget (default: a full window); ``guards`` defaults to the model's
+        (``RAW_GREEDY`` reproduces plain greedy decoding); ``keys`` seed each row's sampling (see
+        speechkd_runtime.guards.audio_key; default: the row's index)."""
+        guards = self.guards if guards is None else guards
         batch = mel.shape[0]
-        cross, self_k = self._encode(mel)
-        self_v = self_k
-        tokens = np.tile(np.array(self.prompt(language), dtype=np.int64), (batch, 1))
-        out: list[list[int]] = [[] for _ in range(batch)]
-        done = np.zeros(batch, dtype=bool)
-        for step in range(self.max_new_tokens):
-            logits, self_k, self_v = self.decoder.run(None, {"tokens": tokens, "self_k": self_k, "self_v": self_v,
-                                                             **cross})
-            last = logits[:, -1, :].astype(np.float32, copy=True)
-            if self.suppress.size:
-                last[:, self.suppress] = -np.inf
-            if step == 0 and self.begin_suppress.size:
-                last[:, self.begin_suppress] = -np.inf
-            next_ids = last.argmax(axis=-1)
-            # Finished rows keep feeding <|endoftext|> (transformers pads them the same way).
-            next_ids = np.where(done, self.eot, next_ids)
-            for b in np.flatnonzero(~done):
-                if next_ids[b] != self.eot:
-                    out[b].append(int(next_ids[b]))
-            done |= next_ids == self.eot
-            if done.all():
-                break
-            tokens = next_ids[:, None].astype(np.int64)
-        return out
+        cross, _ = self._encode(mel)
+        seconds = [self.chunk_seconds] * batch if seconds is None else list(seconds)
+        budgets = [guards.budget(s, self.max_new_tokens) for s in seconds]
+        prompt = np.array(self.prompt(language), dtype=np.int64)
+        layers, d_model = int(self.config["decoder_layers"]), int(self.config["d_model"])
+
+        def decode(rows: list[int], temperature: float, row_budgets: list[int], rngs) -> list[Attempt]:
+            sub = {name: np.take(value, rows, axis=self._cross_batch_axis) for name, value in cross.items()}
+            cache = {"self_k": np.zeros((layers, len(rows), 0, d_model), dtype=np.float32)}
+            cache["self_v"] = cache["self_k"]
+
+            def step(tokens: np.ndarray) -> np.ndarray:
+                logits, cache["self_k"], cache["self_v"] = self.decoder.run(
+                    None, {"tokens": tokens, "self_k": cache["self_k"], "self_v": cache["self_v"], **sub})
+                return logits
+
+            return greedy_loop(step, np.tile(prompt, (len(rows), 1)), row_budgets, eot=self.eot,
+                               suppress=self.suppress, begin_suppress=self.begin_suppress, temperature=temperature,
+                               rngs=rngs, guards=guards, no_speech_id=self.no_speech_id)
+
+        return decode_with_fallback(decode, budgets, self.decode, guards, keys)
 
     def decode(self, ids: Sequence[int]) -> str:
         return ids_to_text(ids, self.tokens, self.first_special_id)
@@ -196,7 +221,8 @@ class WhisperModel:
         batch_size = batch_size or self.default_batch_size
         for start in range(0, len(pieces), batch_size):
             chunk = pieces[start:start + batch_size]
-            ids = self.generate(np.stack([self.features(p) for p in chunk]), language)
+            ids = self.generate(np.stack([self.features(p) for p in chunk]), language,
+                                seconds=[len(p) / self.sample_rate for p in chunk], keys=[audio_key(p) for p in chunk])
             for k, seq in zip(owner[start:start + batch_size], ids):
                 texts[k].append(self.decode(seq))
         return [" ".join(t for t in parts if t) for parts in texts]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from speechkd.students import StudentError, StudentType, is_student_dir, load_student, register_student
+from speechkd_runtime.guards import RAW_GREEDY, WhisperGuards
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +276,10 @@ class WhisperModelRecognizer:
     """
 
     def __init__(self, model, processor=None, *, name: str = "whisper-student", batch_size: int = 8,
-                 language: str | None = "en", model_dir: str | os.PathLike | None = None):
+                 language: str | None = "en", model_dir: str | os.PathLike | None = None,
+                 guards: WhisperGuards | None = None):
         self.model = model
+        self.guards = guards  # None: the default hallucination guards (speechkd_runtime.guards)
         self.teacher = teacher_from_model(model, processor or _processor_of(model), name, model_dir)
         self.batch_size = batch_size
         self.language = language
@@ -288,7 +291,7 @@ class WhisperModelRecognizer:
         self.model.eval()
         try:
             return self.teacher.transcribe(list(audios), backend="transformers", batch_size=self.batch_size,
-                                           language=self.language)
+                                           language=self.language, guards=self.guards)
         finally:
             self.model.train(was_training)
 
@@ -418,8 +421,10 @@ def compare_speculative(teacher: Any, student: Any, audios: Sequence[np.ndarray]
     teacher = _as_teacher(teacher)
     student_model = _as_student_model(student)
     spec = SpeculativeRecognizer(teacher.model, student_model, teacher.processor)
-    greedy = WhisperModelRecognizer(teacher.model, teacher.processor, name=teacher.name, batch_size=1)
-    alone = WhisperModelRecognizer(student_model, teacher.processor, name="student", batch_size=1)
+    # Assisted generation is plain greedy decoding: compare (and time) it with the same, unguarded.
+    greedy = WhisperModelRecognizer(teacher.model, teacher.processor, name=teacher.name, batch_size=1,
+                                    guards=RAW_GREEDY)
+    alone = WhisperModelRecognizer(student_model, teacher.processor, name="student", batch_size=1, guards=RAW_GREEDY)
     warm = [np.zeros(16_000, dtype=np.float32)]
     results, seconds = {}, {}
     for key, rec in (("teacher", greedy), ("speculative", spec), ("student", alone)):

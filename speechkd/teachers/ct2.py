@@ -589,22 +589,27 @@ def compare_with_faster_whisper(
     from whisper_normalizer.english import EnglishTextNormalizer
 
     from speechkd.teachers.whisper import DecodeOptions
+    from speechkd_runtime.guards import RAW_GREEDY
 
     if features not in ("faster-whisper", "teacher"):
         raise ValueError(f"features={features!r}; choose 'faster-whisper' or 'teacher'")
     if teacher.ct2_dir is None:
         teacher.ct2_model  # noqa: B018 - converts an HF-only teacher to CT2 once
     clips = [np.asarray(a, dtype=np.float32) for a in audios]
+    # faster-whisper at temperature 0 is plain greedy decoding: compare it with the same, unguarded.
     if features == "teacher":
-        hf_texts = teacher.transcribe(clips, backend="transformers", batch_size=batch_size, language=language)
+        hf_texts = teacher.transcribe(clips, backend="transformers", batch_size=batch_size, language=language,
+                                      guards=RAW_GREEDY)
     else:
         num_mel_bins = teacher.processor.feature_extractor.feature_size
-        options = DecodeOptions(language=teacher._language_code(language) if teacher.is_multilingual else None)
+        options = DecodeOptions(language=teacher._language_code(language) if teacher.is_multilingual else None,
+                                guards=RAW_GREEDY)
         hf_texts = []
         for start in range(0, len(clips), batch_size):
-            feats = faster_whisper_features(clips[start:start + batch_size], num_mel_bins=num_mel_bins)
-            ids = teacher._generate_batch(feats, options, "transformers")
-            hf_texts += [teacher.tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
+            batch = clips[start:start + batch_size]
+            feats = faster_whisper_features(batch, num_mel_bins=num_mel_bins)
+            results = teacher._generate_batch(feats, [len(c) / 16000 for c in batch], options, "transformers")
+            hf_texts += [teacher.text(r.ids) for r in results]
     fw = WhisperModel(str(teacher.ct2_dir), device="cpu", compute_type="float32", cpu_threads=cpu_threads)
     normalise = EnglishTextNormalizer()
     mismatches = []

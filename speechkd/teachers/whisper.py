@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -55,6 +56,17 @@ from speechkd.teachers.ct2 import (
     WHISPER_MAX_TARGET_TOKENS,
     convert_ct2_to_transformers,
 )
+from speechkd_runtime.guards import (
+    NO_SPEECH_TOKENS,
+    Attempt,
+    DecodeBatch,
+    GuardedResult,
+    WhisperGuards,
+    audio_key,
+    decode_with_fallback,
+    greedy_loop,
+    limit_attempt,
+)
 
 SAMPLE_RATE_HZ = 16_000
 MAX_INPUT_SECONDS = 30.0  # one Whisper window; long-form (chunked) decoding is not implemented yet
@@ -81,6 +93,9 @@ class DecodeOptions:
     task: str = "transcribe"
     beam_size: int = 1
     max_new_tokens: int | None = None
+    # Hallucination guards (speechkd_runtime.guards): on by default; RAW_GREEDY for exact comparisons. Beam search
+    # (beam_size > 1) on the transformers backend is transformers' own and unguarded.
+    guards: WhisperGuards = WhisperGuards()
 
 
 class WhisperTeacher:
@@ -199,6 +214,7 @@ class WhisperTeacher:
         task: str = "transcribe",
         beam_size: int = 1,
         max_new_tokens: int | None = None,
+        guards: WhisperGuards | None = None,
     ) -> list[str]:
         """Transcribe 16 kHz mono float32 clips of at most 30 s each, in batches.
 
@@ -207,9 +223,9 @@ class WhisperTeacher:
         """
         token_ids = self.generate_token_ids(
             audios, backend=backend, batch_size=batch_size, language=language, task=task,
-            beam_size=beam_size, max_new_tokens=max_new_tokens,
+            beam_size=beam_size, max_new_tokens=max_new_tokens, guards=guards,
         )
-        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in token_ids]
+        return [self.text(ids) for ids in token_ids]
 
     def generate_token_ids(
         self,
@@ -221,8 +237,29 @@ class WhisperTeacher:
         task: str = "transcribe",
         beam_size: int = 1,
         max_new_tokens: int | None = None,
+        guards: WhisperGuards | None = None,
     ) -> list[list[int]]:
-        """Generated token ids per clip: no prompt, no end-of-text (what labelling stores)."""
+        """Generated token ids per clip: no prompt, no end-of-text (what labelling stores).
+
+        ``guards`` (default: ``WhisperGuards()``, openai/whisper's rules) are the hallucination guards; pass
+        ``speechkd_runtime.guards.RAW_GREEDY`` for plain greedy decoding."""
+        return [r.ids for r in self.generate_guarded(audios, backend=backend, batch_size=batch_size, language=language,
+                                                     task=task, beam_size=beam_size, max_new_tokens=max_new_tokens,
+                                                     guards=guards)]
+
+    def generate_guarded(
+        self,
+        audios: Sequence[np.ndarray],
+        *,
+        backend: Backend = "transformers",
+        batch_size: int = 8,
+        language: str | None = "en",
+        task: str = "transcribe",
+        beam_size: int = 1,
+        max_new_tokens: int | None = None,
+        guards: WhisperGuards | None = None,
+    ) -> list[GuardedResult]:
+        """As generate_token_ids, with what the guards did per clip (temperature, fallbacks, cut, no_speech)."""
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
         if batch_size < 1 or beam_size < 1:
@@ -233,12 +270,18 @@ class WhisperTeacher:
             task=self._check_task(task),
             beam_size=beam_size,
             max_new_tokens=max_new_tokens,
+            guards=WhisperGuards() if guards is None else guards,
         )
-        out: list[list[int]] = []
+        out: list[GuardedResult] = []
         for start in range(0, len(clips), batch_size):
-            features = self.features(clips[start:start + batch_size])
-            out.extend(self._generate_batch(features, options, backend))
+            batch = clips[start:start + batch_size]
+            seconds = [len(c) / SAMPLE_RATE_HZ for c in batch]
+            out.extend(self._generate_batch(self.features(batch), seconds, options, backend,
+                                            keys=[audio_key(c) for c in batch]))
         return out
+
+    def text(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
     def features(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         """Log-mel features ``[batch, n_mels, 3000]`` from the HF feature extractor (both backends)."""
@@ -257,15 +300,17 @@ class WhisperTeacher:
         prompt.append(vocab[NO_TIMESTAMPS_TOKEN])
         return prompt
 
-    def _generate_batch(self, features: np.ndarray, options: DecodeOptions, backend: Backend) -> list[list[int]]:
-        """Decode one padded feature batch; the single place each backend is called.
-
-        Returns generated ids per item. The labelling engine will extend this with scores; keeping
-        the per-backend calls here means only this method has to grow.
-        """
+    def _generate_batch(self, features: np.ndarray, seconds: Sequence[float], options: DecodeOptions,
+                        backend: Backend, keys: Sequence[int] | None = None) -> list[GuardedResult]:
+        """Decode one padded feature batch under the guards; the single place each backend is called."""
+        budgets = [options.guards.budget(s, self._max_new_tokens(options)) for s in seconds]
         if backend == "transformers":
-            return self._generate_transformers(features, options)
-        return self._generate_ctranslate2(features, options)
+            if options.beam_size > 1:  # transformers' beam search, unguarded (see DecodeOptions)
+                return [_unguarded(ids) for ids in self._generate_transformers(features, options)]
+            decode = self._decoder_transformers(features, options)
+        else:
+            decode = self._decoder_ctranslate2(features, options)
+        return decode_with_fallback(decode, budgets, self.text, options.guards, keys)
 
     def _max_new_tokens(self, options: DecodeOptions) -> int:
         """openai-whisper's rule, which ctranslate2 applies too: sample at most half the decoder context."""
@@ -300,28 +345,86 @@ class WhisperTeacher:
                                                  generation_config=gen)
         return [self._strip(seq.tolist(), prompt.tolist()) for seq, prompt in zip(sequences, prompts)]
 
-    def _detect_hf(self, inputs: torch.Tensor) -> list[str]:
-        ids = self.model.detect_language(input_features=inputs, generation_config=self.model_generation_config)
-        return [tok[2:-2] for tok in self.tokenizer.convert_ids_to_tokens(ids.view(-1).tolist())]
+    def _suppressed(self) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens suppressed at every step and at the first step, as transformers' Whisper generation does."""
+        gen = self.model_generation_config
+        return (np.array(sorted(set(gen.suppress_tokens or [])), dtype=np.int64),
+                np.array(sorted(set(gen.begin_suppress_tokens or [])), dtype=np.int64))
 
-    def _generate_ctranslate2(self, features: np.ndarray, options: DecodeOptions) -> list[list[int]]:
+    def _no_speech_id(self) -> int | None:
+        vocab = self.vocab
+        return next((vocab[t] for t in NO_SPEECH_TOKENS if t in vocab), None)
+
+    def _decoder_transformers(self, features: np.ndarray, options: DecodeOptions) -> DecodeBatch:
+        """A DecodeBatch over the HF model: the encoder runs once, each temperature decodes a subset of rows with
+        the KV cache, token by token (speechkd_runtime.guards.greedy_loop: the runtime's loop, over torch)."""
+        model = self.model
+        inputs = torch.from_numpy(features).to(device=self.device, dtype=self.dtype)
+        with torch.inference_mode():
+            encoded = model.model.encoder(inputs).last_hidden_state
+            languages = (self._detect_hf(inputs) if self.is_multilingual and options.language is None
+                         else [options.language] * len(features))
+        prompts = np.array([self.prompt_ids(lang, options.task) for lang in languages], dtype=np.int64)
+        suppress, begin_suppress = self._suppressed()
+        no_speech_id = self._no_speech_id()
+
+        def decode(rows: list[int], temperature: float, budgets: list[int], rngs) -> list[Attempt]:
+            with torch.inference_mode():
+                return greedy_loop(hf_decoder_step(model, encoded[rows]), prompts[rows], budgets,
+                                   eot=self.vocab[EOT_TOKEN], suppress=suppress, begin_suppress=begin_suppress,
+                                   temperature=temperature, rngs=rngs, guards=options.guards,
+                                   no_speech_id=no_speech_id)
+
+        return decode
+
+    def _decoder_ctranslate2(self, features: np.ndarray, options: DecodeOptions) -> DecodeBatch:
+        """A DecodeBatch over CTranslate2's greedy generate, the budget and the repetition rule applied to its
+        output (generate takes one length limit per batch); sampled fallbacks run on the transformers weights."""
         import ctranslate2
 
         model = self.ct2_model
-        encoded = model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        encoded = np.asarray(model.encode(ctranslate2.StorageView.from_array(features), to_cpu=True))
         if self.is_multilingual and options.language is None:
-            languages = [pairs[0][0][2:-2] for pairs in model.detect_language(encoded)]
+            view = ctranslate2.StorageView.from_array(encoded)
+            languages = [pairs[0][0][2:-2] for pairs in model.detect_language(view)]
         else:
             languages = [options.language] * len(features)
         prompts = [self.prompt_ids(lang, options.task) for lang in languages]
-        results = model.generate(
-            encoded, prompts, beam_size=options.beam_size,
+        cap = self._max_new_tokens(options)
+        suppress = list(self.model_generation_config.suppress_tokens or [])
+
+        def generate(rows: list[int], budgets: list[int], limit: int, **sampling) -> list[Attempt]:
             # ctranslate2 reads max_length as the context size and samples at most half of it.
-            max_length=2 * self._max_new_tokens(options),
-            suppress_blank=True, suppress_tokens=list(self.model_generation_config.suppress_tokens or []),
-            sampling_topk=1, return_scores=False,
-        )
-        return [self._strip(r.sequences_ids[0], p) for r, p in zip(results, prompts)]
+            results = model.generate(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoded[rows])), [prompts[i] for i in rows],
+                max_length=2 * limit, suppress_blank=True, suppress_tokens=suppress,
+                return_scores=True, return_no_speech_prob=True, **sampling)
+            attempts = []
+            for r, i, budget in zip(results, rows, budgets):
+                ids = self._strip(r.sequences_ids[0], prompts[i])
+                # faster-whisper's reading of the score: the length-normalised sum over the text tokens.
+                attempt = Attempt(ids, float(r.scores[0]) * max(1, len(ids)), float(r.no_speech_prob))
+                attempts.append(limit_attempt(attempt, budget, cap, options.guards))
+            return attempts
+
+        sampler: dict = {}
+
+        def decode(rows: list[int], temperature: float, budgets: list[int], rngs) -> list[Attempt]:
+            # A clip's result must not depend on its batch mates: the batched pass decodes up to the window's
+            # limit whatever the others' budgets, and each row is then cut to its own.
+            if temperature == 0:
+                return generate(rows, budgets, cap, beam_size=options.beam_size, sampling_topk=1)
+            # Sampled fallbacks run on the transformers weights: ctranslate2's seed reaches only worker threads
+            # it has not started yet, so its sampling cannot be reproduced, and labels must resume exactly.
+            if not sampler:  # the rows of the first fallback include every later one: encode them once
+                sampler.update(rows=list(rows), decode=self._decoder_transformers(features[rows], options))
+            return sampler["decode"]([sampler["rows"].index(r) for r in rows], temperature, budgets, rngs)
+
+        return decode
+
+    def _detect_hf(self, inputs: torch.Tensor) -> list[str]:
+        ids = self.model.detect_language(input_features=inputs, generation_config=self.model_generation_config)
+        return [tok[2:-2] for tok in self.tokenizer.convert_ids_to_tokens(ids.view(-1).tolist())]
 
     @property
     def model_generation_config(self):
@@ -356,6 +459,30 @@ class WhisperTeacher:
         if task not in TASK_TOKENS:
             raise ValueError(f"task={task!r}; choose one of {tuple(TASK_TOKENS)}")
         return task
+
+
+def hf_decoder_step(model, encoder_hidden: torch.Tensor):
+    """``step(tokens [B, T]) -> logits [B, T, V]`` over a transformers Whisper decoder with its KV cache, for
+    speechkd_runtime.guards.greedy_loop: the first call takes the prompt, later ones one token per row."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    encoder_out = BaseModelOutput(last_hidden_state=encoder_hidden)
+    # transformers 5 names the cache argument `cache` (`past_key_values` is deprecated); 4.x knows only the latter.
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    state = {key: None}
+
+    def step(tokens: np.ndarray) -> np.ndarray:
+        out = model(encoder_outputs=encoder_out, decoder_input_ids=torch.from_numpy(tokens).to(encoder_hidden.device),
+                    use_cache=True, **state)
+        state[key] = getattr(out, key)
+        return out.logits.float().cpu().numpy()
+
+    return step
+
+
+def _unguarded(ids: list[int]) -> GuardedResult:
+    return GuardedResult(Attempt(ids, 0.0), temperature=0.0, fallbacks=0, compression_ratio=0.0, no_speech=False,
+                         cut=None)
 
 
 def _check_audio(audio: np.ndarray, index: int) -> np.ndarray:
