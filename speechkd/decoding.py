@@ -171,15 +171,19 @@ class ScoredDecoder:
                 for g, lang in zip(guarded, languages)]
 
     def _scored(self, attempt: Attempt) -> Hypothesis:
-        """Per-token log-probabilities and entropies of an attempt, from the step logits it kept."""
+        """Per-token log-probabilities and entropies of an attempt, from the step logits it kept (computed once:
+        the ctranslate2 path needs them for the guard decision as well as for the record)."""
+        if "scored" in attempt.extra:
+            return attempt.extra["scored"]
         logits = attempt.extra["logits"]
         ended = attempt.stop == STOP_EOT and len(logits) > len(attempt.ids)
         chosen = attempt.ids + [self.eot] if ended else attempt.ids
         if not chosen:
             return Hypothesis([])
         lp, ent = step_stats(np.stack(logits[: len(chosen)]), chosen)
-        return Hypothesis(list(attempt.ids), lp[: len(attempt.ids)].tolist(), ent.tolist(),
-                          float(lp[len(attempt.ids)]) if ended else 0.0)
+        attempt.extra["scored"] = Hypothesis(list(attempt.ids), lp[: len(attempt.ids)].tolist(), ent.tolist(),
+                                             float(lp[len(attempt.ids)]) if ended else 0.0)
+        return attempt.extra["scored"]
 
     def _text(self, ids: list[int]) -> str:
         return self.teacher.tokenizer.decode(ids, skip_special_tokens=True).strip()
