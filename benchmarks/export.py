@@ -5,7 +5,7 @@ Usage:
     .venv/bin/python benchmarks/export.py --max-test 100
 
 Takes the students trained by benchmarks/ctc_students.py and benchmarks/whisper_student.py (it does not
-train), exports each with `speechkd.export` (CTC: fp32, dynamic int8 and static QDQ int8 calibrated on the
+train), exports each with `speechkd.onnx_export` (CTC: fp32, dynamic int8 and static QDQ int8 calibrated on the
 synthetic dev split; Whisper: encoder + decoder with KV cache, fp32 and per-row dynamic int8), and evaluates every
 variant on the same held-out test utterances with 2 threads: PyTorch through the student's recogniser,
 ONNX through the torch-free runtime `speechkd_runtime` (what ships to a device). CTC students are also
@@ -38,8 +38,8 @@ def main() -> None:
 
     from speechkd.data import open_data
     from speechkd.evaluate import RuntimeRecognizer, WhisperRecognizer, evaluate
-    from speechkd.export.ctc import ExportConfig, export_student
-    from speechkd.export.whisper_onnx import export_whisper
+    from speechkd.onnx_export.ctc import ExportConfig, export_student
+    from speechkd.onnx_export.whisper_onnx import export_whisper
     from speechkd.metrics import bytes_on_disk
     from speechkd.students import student_recognizer
     from speechkd.teachers import load_whisper

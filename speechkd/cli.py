@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_student_parser(sub)
 
-    from speechkd.export.cli import add_export_parser, add_verify_parser
+    from speechkd.onnx_export.cli import add_export_parser, add_verify_parser
 
     add_export_parser(sub)
     add_verify_parser(sub)

@@ -11,8 +11,8 @@ import onnx
 import pytest
 import torch
 
-from speechkd.export.ctc import ExportConfig, ExportError, export_ctc, export_student, max_abs_diff
-from speechkd.export.verify import VerifyError, verify
+from speechkd.onnx_export.ctc import ExportConfig, ExportError, export_ctc, export_student, max_abs_diff
+from speechkd.onnx_export.verify import VerifyError, verify
 from speechkd.students import build_student, save_student
 from speechkd.vocab import Vocabulary
 
@@ -152,7 +152,7 @@ def _tamper(path):
 
 
 def test_verify_fails_nonzero_on_tampered_weights(exported, synth_corpus, tmp_path):
-    from speechkd.export.cli import add_verify_parser
+    from speechkd.onnx_export.cli import add_verify_parser
 
     kind, _, root, _ = exported
     broken = tmp_path / "broken"
@@ -169,8 +169,8 @@ def test_verify_fails_nonzero_on_tampered_weights(exported, synth_corpus, tmp_pa
 
 def test_export_command_exits_nonzero_when_int8_fails_verification(tmp_path, synth_corpus, monkeypatch, capsys):
     """A quantised model that loses accuracy is reported, left out of the runtime's default, and the command fails."""
-    import speechkd.export.quantize as quantize
-    from speechkd.export.cli import add_export_parser
+    import speechkd.onnx_export.quantize as quantize
+    from speechkd.onnx_export.cli import add_export_parser
 
     make_student("conformer_ctc", tmp_path / "student")
     real = quantize.quantize_model
@@ -199,7 +199,7 @@ def test_export_command_exits_nonzero_when_int8_fails_verification(tmp_path, syn
 
 
 def test_export_command_verifies_and_picks_int8_default(tmp_path, synth_corpus, capsys):
-    from speechkd.export.cli import add_export_parser
+    from speechkd.onnx_export.cli import add_export_parser
 
     make_student("conformer_ctc", tmp_path / "student")
     parser = argparse.ArgumentParser()
@@ -265,7 +265,7 @@ def test_weight_only_int8_shrinks_large_fp32_weights_and_keeps_outputs(exported,
     """Conv kernels / position tables the quantiser leaves fp32 are stored int8 behind DequantizeLinear."""
     import onnxruntime as ort
 
-    from speechkd.export.quantize import store_weights_int8
+    from speechkd.onnx_export.quantize import store_weights_int8
 
     kind, _, root, config = exported
     src = root / "onnx" / config["onnx"]["fp32"]

@@ -78,7 +78,7 @@ def test_labeller_records_what_the_guards_did(tiny_en, hard_audio):
 
 @pytest.fixture(scope="module")
 def tiny_en_onnx(tiny_en, tmp_path_factory):
-    from speechkd.export.whisper_onnx import export_whisper
+    from speechkd.onnx_export.whisper_onnx import export_whisper
 
     return export_whisper(tiny_en.hf_dir, tmp_path_factory.mktemp("tiny_en_onnx") / "model", quantize=())
 

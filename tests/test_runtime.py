@@ -35,7 +35,7 @@ sys.path.insert(0, {export!r})
 def export_dir(tmp_path_factory):
     from test_export import make_student
 
-    from speechkd.export.ctc import ExportConfig, export_ctc
+    from speechkd.onnx_export.ctc import ExportConfig, export_ctc
 
     root = tmp_path_factory.mktemp("runtime")
     model = make_student("conformer_ctc", root / "student")
@@ -219,7 +219,7 @@ def test_too_short_audio_gives_empty_text(export_dir):
 @pytest.fixture(scope="module")
 def lm_export_dir(export_dir, synth_corpus, tmp_path_factory):
     """The same student exported again with a word trigram (from the corpus's texts) shipped beside it."""
-    from speechkd.export.ctc import ExportConfig, export_ctc
+    from speechkd.onnx_export.ctc import ExportConfig, export_ctc
     from speechkd.lm import DecodingLMConfig, build_decoding_lm
 
     root = tmp_path_factory.mktemp("runtime_lm")
@@ -267,7 +267,7 @@ runpy.run_module('speechkd_runtime', run_name='__main__')
 
 
 def test_bad_lm_settings_are_refused(lm_export_dir, tmp_path):
-    from speechkd.export.ctc import ExportConfig
+    from speechkd.onnx_export.ctc import ExportConfig
 
     onnx_dir, _, _ = lm_export_dir
     with pytest.raises(ValueError, match="does not exist.*speechkd lm"):

@@ -12,7 +12,7 @@ from speechkd_runtime.ctc import CtcModel
 def export_dir(tmp_path_factory, synth_corpus):
     from test_export import make_student
 
-    from speechkd.export.ctc import ExportConfig, export_ctc
+    from speechkd.onnx_export.ctc import ExportConfig, export_ctc
 
     root = tmp_path_factory.mktemp("sherpa")
     make_student("conformer_ctc", root / "student")
@@ -21,7 +21,7 @@ def export_dir(tmp_path_factory, synth_corpus):
     # int8 + DequantizeLinear, so sherpa-onnx is shown to run that form too.
     import shutil
 
-    from speechkd.export.quantize import store_weights_int8
+    from speechkd.onnx_export.quantize import store_weights_int8
 
     shutil.copy(root / "onnx" / "model.onnx", root / "onnx" / "model.weight-only.onnx")
     assert store_weights_int8(root / "onnx" / "model.weight-only.onnx", min_elements=256)

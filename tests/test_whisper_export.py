@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from speechkd.export.whisper_onnx import ExportError, export_whisper, export_whisper_ct2
+from speechkd.onnx_export.whisper_onnx import ExportError, export_whisper, export_whisper_ct2
 from speechkd.teachers import load_whisper
 from speechkd_runtime import whisper as runtime
 from speechkd_runtime.guards import RAW_GREEDY
@@ -155,7 +155,7 @@ def test_per_row_int8_matches_float_products_closely(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from speechkd.export.quantize import quantize_rows_int8
+    from speechkd.onnx_export.quantize import quantize_rows_int8
 
     rng = np.random.default_rng(0)
     w = rng.standard_normal((64, 32)).astype(np.float32)
@@ -248,7 +248,7 @@ def test_ct2_export_runs_in_faster_whisper(tiny_whisper_dir, teacher, audios, tm
 
 
 def test_verify_whisper_export_against_pytorch(exported, tiny_whisper_dir, synth_corpus, tmp_path):
-    from speechkd.export.verify import VerifyError, verify
+    from speechkd.onnx_export.verify import VerifyError, verify
 
     data = str(synth_corpus / "dev.jsonl")
     assert json.loads((exported / "config.json").read_text())["source_student_dir"] == str(tiny_whisper_dir)
@@ -268,8 +268,8 @@ def test_verify_whisper_export_against_pytorch(exported, tiny_whisper_dir, synth
 
 
 def test_export_with_data_verifies_whisper(tiny_whisper_dir, teacher_cache, synth_corpus, tmp_path, monkeypatch):
-    from speechkd.export.ctc import ExportConfig, export_student
-    from speechkd.export.verify import VerifyError
+    from speechkd.onnx_export.ctc import ExportConfig, export_student
+    from speechkd.onnx_export.verify import VerifyError
     from speechkd.students import build_student, save_student
 
     monkeypatch.setenv("SPEECHKD_CACHE", str(teacher_cache))

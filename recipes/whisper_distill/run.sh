@@ -14,7 +14,7 @@
 #   6 export   ONNX encoder + decoder with KV cache, fp32 + int8, verified against PyTorch on TEST (teacher-forced
 #              log-probs, WER of each variant; the stage fails if int8 loses more than the allowed WER)
 #              (faster-whisper runs the student dir directly: `speechkd eval --backend ctranslate2` converts it;
-#              or speechkd.export.whisper_onnx.export_whisper_ct2)
+#              or speechkd.onnx_export.whisper_onnx.export_whisper_ct2)
 # DATA: audio folder, JSONL manifest or saved HF dataset; TEST: the same with references.
 # TEACHER: bundled:base (default), a Hub id such as openai/whisper-large-v3, a CTranslate2 or HF dir.
 # Re-running skips finished stages (markers in $exp/.done) and resumes unfinished ones; logs in $exp/log/.

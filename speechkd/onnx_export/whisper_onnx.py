@@ -27,7 +27,7 @@ into heads: two thirds of a step of base's decoder went into those copies (onnxr
 40 %, Split 27 %, MatMul 28 %). Now the encoder lays them out once and the decoder reads them as they are.
 
 Usage:
-    from speechkd.export.whisper_onnx import export_whisper, export_whisper_ct2
+    from speechkd.onnx_export.whisper_onnx import export_whisper, export_whisper_ct2
     export_whisper("exp/base-2dec", "exp/base-2dec/onnx")          # + int8 variants
     export_whisper_ct2("exp/base-2dec", "exp/base-2dec/ct2")         # faster-whisper model dir
 """
@@ -44,7 +44,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from speechkd.export.ctc import ExportError  # one error class for every export, so the CLI reports them all
+from speechkd.onnx_export.ctc import ExportError  # one error class for every export, so the CLI reports them all
 from speechkd.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from speechkd.export.quantize import column_gathers_of_matmul_weights, quantize_rows_int8, store_weights_int8
+    from speechkd.onnx_export.quantize import column_gathers_of_matmul_weights, quantize_rows_int8, store_weights_int8
 
     out = {}
     for role, name in files.items():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     from speechkd.cli import config_from_args
-    from speechkd.export.ctc import ExportConfig, ExportError, export_student
-    from speechkd.export.verify import VerifyError, format_report
+    from speechkd.onnx_export.ctc import ExportConfig, ExportError, export_student
+    from speechkd.onnx_export.verify import VerifyError, format_report
 
     cfg = config_from_args(ExportConfig, args)
     try:
@@ -42,8 +42,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from speechkd.export.ctc import ExportError
-    from speechkd.export.verify import VerifyError, format_report, verify
+    from speechkd.onnx_export.ctc import ExportError
+    from speechkd.onnx_export.verify import VerifyError, format_report, verify
 
     try:
         report = verify(args.model_dir, args.data, model=args.student, tolerance=args.tolerance,
@@ -64,7 +64,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_export_parser(sub) -> argparse.ArgumentParser:
     from speechkd.cli import add_config_args
-    from speechkd.export.ctc import ExportConfig
+    from speechkd.onnx_export.ctc import ExportConfig
 
     p = sub.add_parser("export", help="export a student to ONNX (fp32 + int8) for the on-device runtime")
     p.add_argument("student_dir", type=Path, help="saved student (CTC or Whisper)")
@@ -75,7 +75,7 @@ def add_export_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_verify_parser(sub) -> argparse.ArgumentParser:
-    from speechkd.export.verify import DEFAULT_MAX_WER_INCREASE, DEFAULT_TOLERANCE
+    from speechkd.onnx_export.verify import DEFAULT_MAX_WER_INCREASE, DEFAULT_TOLERANCE
 
     p = sub.add_parser("verify", help="compare an exported CTC or Whisper model with its PyTorch student on audio")
     p.add_argument("model_dir", type=Path, help="directory written by `speechkd export`")

@@ -1,15 +1,15 @@
 """Export students to ONNX for the device: fp32 + int8, verified against PyTorch, runnable without torch.
 
-    from speechkd.export import ExportConfig, export_student, verify
+    from speechkd.onnx_export import ExportConfig, export_student, verify
     export_student("exp/ctc/final", "exp/ctc/onnx", ExportConfig(quantize=("dynamic", "static"),
                    calibration="data/train.jsonl", data="data/dev.jsonl"))
 
-CTC students: speechkd.export.ctc (graph, metadata, tokens.txt, config.json), speechkd.export.quantize
-(int8), speechkd.export.verify (PyTorch vs ONNX). Whisper students: speechkd.export.whisper_onnx.
+CTC students: speechkd.onnx_export.ctc (graph, metadata, tokens.txt, config.json), speechkd.onnx_export.quantize
+(int8), speechkd.onnx_export.verify (PyTorch vs ONNX). Whisper students: speechkd.onnx_export.whisper_onnx.
 The exported directory is run by the `speechkd_runtime` package (export/speechkd_runtime).
 """
 
-from speechkd.export.ctc import ExportConfig, ExportError, export_ctc, export_student, load_ctc_student
-from speechkd.export.verify import VerifyError, verify
+from speechkd.onnx_export.ctc import ExportConfig, ExportError, export_ctc, export_student, load_ctc_student
+from speechkd.onnx_export.verify import VerifyError, verify
 
 __all__ = ["ExportConfig", "ExportError", "export_ctc", "export_student", "load_ctc_student", "VerifyError", "verify"]

@@ -1,6 +1,6 @@
 """Export a CTC student to ONNX (fp32 + int8) in a directory the torch-free runtime and sherpa-onnx can load.
 
-    from speechkd.export import ExportConfig, export_ctc
+    from speechkd.onnx_export import ExportConfig, export_ctc
     export_ctc("exp/ctc/final", "exp/ctc/onnx", ExportConfig(quantize=("dynamic",)))
 
 The directory holds:
@@ -254,7 +254,7 @@ def export_metadata(cfg: dict) -> dict[str, Any]:
 def export_ctc(model_or_dir: Any, out_dir: str | os.PathLike, config: ExportConfig = ExportConfig()) -> dict:
     """Export a CTC student (model or saved dir) to `out_dir`; returns the config.json written.
 
-    Verification on data (config.data) is separate: see export_student / speechkd.export.verify.
+    Verification on data (config.data) is separate: see export_student / speechkd.onnx_export.verify.
     """
     from speechkd.students.ctc import ctc_model_config
     from speechkd_runtime.features import feature_dim, frame_rate_hz
@@ -316,7 +316,7 @@ def export_ctc(model_or_dir: Any, out_dir: str | os.PathLike, config: ExportConf
     check_dynamic_axes(graph, fp32, frontend, config.tolerance)
 
     for mode in config.quantize:
-        from speechkd.export.quantize import quantize_model
+        from speechkd.onnx_export.quantize import quantize_model
 
         path = out / INT8_FILES[mode]
         quantize_model(fp32, path, mode, frontend=frontend, calibration=config.calibration,
@@ -380,14 +380,14 @@ def export_student(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise ExportError(f"{student_dir} is a Whisper student: --lm (a word n-gram for CTC beam search) does not "
                           f"apply; drop it")
     if is_whisper_student(student_dir):
-        from speechkd.export.whisper_onnx import export_whisper
+        from speechkd.onnx_export.whisper_onnx import export_whisper
 
         written = Path(export_whisper(student_dir, out_dir, quantize=tuple(config.quantize)))
         cfg_path = written / CONFIG_FILE
         cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {"out_dir": str(written)}
         report = None
         if config.data:  # a failure raises VerifyError; fp32 stays the runtime's default variant either way
-            from speechkd.export.verify import verify
+            from speechkd.onnx_export.verify import verify
 
             report = verify(written, config.data, tolerance=config.tolerance, max_wer_increase=config.max_wer_increase,
                             max_utterances=config.max_utterances, batch_size=config.batch_size,
@@ -398,7 +398,7 @@ def export_student(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
     cfg = export_ctc(student_dir, out_dir, config)
     report = None
     if config.data:
-        from speechkd.export.verify import VerifyError, verify
+        from speechkd.onnx_export.verify import VerifyError, verify
 
         try:
             report = verify(out_dir, config.data, tolerance=config.tolerance, max_wer_increase=config.max_wer_increase,

@@ -1,6 +1,6 @@
 """Check an exported CTC model against the PyTorch student it came from, on real audio.
 
-    from speechkd.export.verify import verify
+    from speechkd.onnx_export.verify import verify
     report = verify("exp/ctc/onnx", "data/dev.jsonl")     # raises VerifyError when a check fails
 
 Checks, all on the same features (computed once by the shared front end) and the same padded batches:
@@ -50,7 +50,7 @@ def _load_torch_model(model_dir: Path, config: dict, model: Any):
     if not Path(source).is_dir():
         raise VerifyError(f"the source student {source} named in {model_dir}/config.json does not exist; "
                           f"pass the student directory with --student DIR", {})
-    from speechkd.export.ctc import load_ctc_student
+    from speechkd.onnx_export.ctc import load_ctc_student
 
     return load_ctc_student(source)
 
@@ -99,7 +99,7 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
            batch_size: int = 8, num_threads: int | None = None,
            report_path: str | os.PathLike | None = None) -> dict:
     """Verify every ONNX file of an export directory; returns the report or raises VerifyError (report saved)."""
-    from speechkd.export.ctc import _torch_log_probs, max_abs_diff
+    from speechkd.onnx_export.ctc import _torch_log_probs, max_abs_diff
     from speechkd_runtime.ctc import CtcModel, pad_value_for, read_config
     from speechkd_runtime.features import pad_batch
 
