@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -37,6 +39,47 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory in a temporary sibling of `path`; on success it replaces `path` whole.
+
+    Readers see the old directory or the complete new one, never a half-written one; on any error (or a
+    kill) the temporary sibling (`.NAME.XXXX.tmp`) is removed or left behind, and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move a finished temp dir into place; an older dst is moved aside first, then deleted.
+
+    Two processes may race to build the same dir: whichever renames second finds dst present and
+    simply discards its own copy, since both copies hold the same content.
+    """
+    if dst.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
+        try:
+            os.replace(dst, trash / dst.name)
+        except OSError:
+            shutil.rmtree(trash, ignore_errors=True)
+            shutil.rmtree(src, ignore_errors=True)
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(src, dst)
+    except OSError:
+        if not dst.exists():
+            raise
+        shutil.rmtree(src, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

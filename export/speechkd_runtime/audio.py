@@ -18,6 +18,7 @@ from math import gcd
 
 import numpy as np
 
+SAMPLE_RATE_HZ = 16_000  # what every model of the toolkit consumes: the one definition, imported everywhere
 NUM_ZEROS = 32  # zero crossings of the sinc on each side of the centre tap
 KAISER_BETA = 9.0
 ROLLOFF = 0.945  # cutoff as a fraction of the lower Nyquist frequency: leaves a transition band before it

@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .audio import SAMPLE_RATE_HZ
+
 FRAME_SHIFT = 160  # 10 ms at 16 kHz, for both fbank and whisper_mel
 FBANK_FRAME_LENGTH = 400  # 25 ms
 FBANK_FFT = 512  # round_to_power_of_two(400)
@@ -113,7 +114,7 @@ def _kaldi_mel(f: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def kaldi_mel_banks(num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE, fft_size: int = FBANK_FFT,
+def kaldi_mel_banks(num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE_HZ, fft_size: int = FBANK_FFT,
                     low_freq: float = FBANK_LOW_FREQ, high_freq: float = FBANK_HIGH_FREQ) -> np.ndarray:
     """Kaldi's triangular mel filters (HTK mel, no area normalisation) as a [fft_size//2 + 1, bins] matrix.
 
@@ -196,7 +197,7 @@ def _slaney_mel_to_hz(m: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def slaney_mel_filters(num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE, n_fft: int = WHISPER_N_FFT,
+def slaney_mel_filters(num_mel_bins: int = 80, sample_rate: int = SAMPLE_RATE_HZ, n_fft: int = WHISPER_N_FFT,
                        f_min: float = 0.0, f_max: float = 8000.0) -> np.ndarray:
     """[n_fft//2 + 1, bins] slaney-scale, slaney-normalised (constant area) triangular filters, like
     transformers' mel_filter_bank(..., norm="slaney", mel_scale="slaney") and librosa's defaults."""
@@ -216,7 +217,7 @@ def _hann_periodic(length: int) -> np.ndarray:
 
 
 def whisper_num_frames(num_samples: int, pad_to_seconds: float | None = None) -> int:
-    n = int(round(pad_to_seconds * SAMPLE_RATE)) if pad_to_seconds else int(num_samples)
+    n = int(round(pad_to_seconds * SAMPLE_RATE_HZ)) if pad_to_seconds else int(num_samples)
     return n // FRAME_SHIFT
 
 
@@ -228,7 +229,7 @@ def whisper_log_mel(samples: Any, num_mel_bins: int = 80, pad_to_seconds: float 
     """
     x = _as_mono_float(samples).astype(np.float64, copy=False)
     if pad_to_seconds:
-        n = int(round(pad_to_seconds * SAMPLE_RATE))
+        n = int(round(pad_to_seconds * SAMPLE_RATE_HZ))
         x = np.pad(x[:n], (0, max(0, n - len(x))))
     num_frames = len(x) // FRAME_SHIFT  # the STFT gives len//hop + 1 frames; Whisper drops the last one
     if num_frames == 0:
@@ -260,7 +261,7 @@ def normalize_waveform(samples: Any, eps: float = 1e-7) -> np.ndarray:
 
 
 def make_frontend(kind: str, *, num_mel_bins: int = 80, pad_to_seconds: float | None = None,
-                  normalize: bool = True, sample_rate: int = SAMPLE_RATE) -> dict:
+                  normalize: bool = True, sample_rate: int = SAMPLE_RATE_HZ) -> dict:
     """The frontend dict saved in config.json (validated)."""
     if kind == "fbank":
         fe = {"kind": kind, "sample_rate": sample_rate, "num_mel_bins": num_mel_bins}
@@ -279,10 +280,10 @@ def validate_frontend(frontend: Mapping[str, Any]) -> dict:
     kind = frontend["kind"]
     if kind not in FRONTEND_KINDS:
         raise FeatureError(f"unknown frontend kind {kind!r}; choose one of {list(FRONTEND_KINDS)}")
-    sr = frontend.get("sample_rate", SAMPLE_RATE)
-    if sr != SAMPLE_RATE:
-        raise FeatureError(f"frontend sample_rate {sr}: only {SAMPLE_RATE} Hz is supported; resample the audio "
-                           f"and set sample_rate {SAMPLE_RATE}")
+    sr = frontend.get("sample_rate", SAMPLE_RATE_HZ)
+    if sr != SAMPLE_RATE_HZ:
+        raise FeatureError(f"frontend sample_rate {sr}: only {SAMPLE_RATE_HZ} Hz is supported; resample the audio "
+                           f"and set sample_rate {SAMPLE_RATE_HZ}")
     if kind != "waveform" and int(frontend.get("num_mel_bins", 80)) < 1:
         raise FeatureError(f"num_mel_bins must be >= 1, got {frontend.get('num_mel_bins')}")
     return dict(frontend)
@@ -306,8 +307,8 @@ def compute_features(frontend: Mapping[str, Any], samples: Any) -> np.ndarray:
 def frame_rate_hz(frontend: Mapping[str, Any]) -> float:
     """Input frames (or samples, for "waveform") per second of audio."""
     if frontend["kind"] == "waveform":
-        return float(frontend.get("sample_rate", SAMPLE_RATE))
-    return frontend.get("sample_rate", SAMPLE_RATE) / FRAME_SHIFT
+        return float(frontend.get("sample_rate", SAMPLE_RATE_HZ))
+    return frontend.get("sample_rate", SAMPLE_RATE_HZ) / FRAME_SHIFT
 
 
 def num_input_frames(frontend: Mapping[str, Any], num_samples: int) -> int:

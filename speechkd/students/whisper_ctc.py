@@ -20,7 +20,8 @@ from torch import nn
 
 from speechkd.students import StudentError
 from speechkd.students.ctc import CTCModel, length_mask, register_ctc_student, require_vocab
-from speechkd_runtime.features import FRAME_SHIFT, SAMPLE_RATE, make_frontend
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
+from speechkd_runtime.features import FRAME_SHIFT, make_frontend
 
 # WhisperConfig fields that define the encoder; saved in config.json to rebuild without the teacher.
 _ENCODER_KEYS = ("d_model", "encoder_layers", "encoder_attention_heads", "encoder_ffn_dim", "num_mel_bins",
@@ -52,7 +53,7 @@ class WhisperEncoderCTC(CTCModel):
         self.encoder = WhisperEncoder(whisper_config)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(whisper_config.d_model, len(vocab))
-        self.max_input_seconds = whisper_config.max_source_positions * 2 * FRAME_SHIFT / SAMPLE_RATE
+        self.max_input_seconds = whisper_config.max_source_positions * 2 * FRAME_SHIFT / SAMPLE_RATE_HZ
 
     def output_lengths(self, in_lens: torch.Tensor) -> torch.Tensor:
         return torch.div(in_lens + 1, 2, rounding_mode="floor")  # conv2: kernel 3, stride 2, padding 1

@@ -36,7 +36,8 @@ from speechkd.data import AudioError, SkipList, load_audio, open_data
 from speechkd.io import atomic_write_json, read_jsonl
 from speechkd.losses import ctc_loss
 from speechkd.vocab import OOVStats, VocabConfig, VocabError, Vocabulary, build_vocabulary
-from speechkd_runtime.features import SAMPLE_RATE, compute_features, pad_batch
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
+from speechkd_runtime.features import compute_features, pad_batch
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ class CTCTask:
                 skip(rec, f"duration {duration:.2f} s outside [{cfg.min_duration_s}, {cfg.max_duration_s}] s "
                           f"(method_config min_duration_s/max_duration_s)", "duration")
                 continue
-            have = core.num_output_frames(int(round(duration * SAMPLE_RATE)))
+            have = core.num_output_frames(int(round(duration * SAMPLE_RATE_HZ)))
             if frames_needed(ids) > have:
                 skip(rec, _too_short(ids, have), "too short for label")
                 continue
@@ -266,7 +267,7 @@ class CTCTask:
             import soxr
 
             # Speed x factor = play the samples back factor times faster: resample to sr / factor.
-            audio = soxr.resample(audio, SAMPLE_RATE, SAMPLE_RATE / factor).astype(np.float32)
+            audio = soxr.resample(audio, SAMPLE_RATE_HZ, SAMPLE_RATE_HZ / factor).astype(np.float32)
         return compute_features(self.frontend, audio)
 
     def _frames(self, x: np.ndarray) -> int:

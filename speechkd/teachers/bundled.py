@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_write_json, replace_dir
 from speechkd.io import cache_dir as default_cache_dir
 
 BUNDLED_PREFIX = "bundled:"
@@ -203,29 +203,6 @@ def _marker_valid(marker: Path, model: Path, sha256: str) -> bool:
         )
     except (OSError, ValueError):
         return False
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move a finished temp dir into place; an older (invalid) dst is moved aside first, then deleted.
-
-    Two processes may race to build the same dir: whichever renames second finds dst present and
-    simply discards its own copy, since both copies hold identical verified content.
-    """
-    if dst.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".old", dir=dst.parent))
-        try:
-            os.replace(dst, trash / dst.name)
-        except OSError:
-            shutil.rmtree(trash, ignore_errors=True)
-            shutil.rmtree(src, ignore_errors=True)
-            return
-        shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(src, dst)
-    except OSError:
-        if not dst.exists():
-            raise
-        shutil.rmtree(src, ignore_errors=True)
 
 
 def file_sha256(path: str | os.PathLike, *, cache_root: str | os.PathLike | None = None) -> str:

@@ -27,7 +27,8 @@ import torch
 
 from speechkd.io import atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
-from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, replace_dir, file_sha256
+from speechkd.io import replace_dir
+from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, file_sha256
 
 if TYPE_CHECKING:  # pragma: no cover
     from speechkd.teachers.whisper import WhisperTeacher
