@@ -17,12 +17,13 @@ from typing import Any, Mapping, TypeVar
 import yaml
 
 from speechkd.io import atomic_write_text
+from speechkd.errors import SpeechkdError
 
 T = TypeVar("T")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(SpeechkdError, ValueError):
     """A configuration that cannot be used; the message says which key and how to fix it."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from speechkd.errors import SpeechkdError
 from speechkd.io import JsonlWriter, read_jsonl
 
 logger = logging.getLogger(__name__)
@@ -54,11 +55,11 @@ ACCEPTED_FORMS = (
 )
 
 
-class DataError(ValueError):
+class DataError(SpeechkdError, ValueError):
     """The input as a whole is unusable; raised before work starts. The message names the input and the fix."""
 
 
-class AudioError(ValueError):
+class AudioError(SpeechkdError, ValueError):
     """One item is unusable; the message names the file (or utterance) and the fix."""
 
 

@@ -20,3 +20,11 @@ class SpeechkdError(Exception):
     """A problem the user can fix; the message says what and how. The CLI exits with `exit_code`."""
 
     exit_code = EXIT_USER_ERROR
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Everything the CLI reports as a user error: speechkd's base, the on-device runtime's base (which cannot
+    import speechkd), and a missing file named on the command line."""
+    from speechkd_runtime.errors import RuntimeInputError
+
+    return SpeechkdError, RuntimeInputError, FileNotFoundError

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from speechkd.io import atomic_write_bytes, cache_dir
+from speechkd.errors import SpeechkdError
 
 if TYPE_CHECKING:  # the engines only read a speaker's fields; importing synth here would be circular
     from speechkd.synth import Speaker
@@ -49,7 +50,7 @@ _INSTALL_HINT = ("install espeak-ng: `pip install espeakng-loader` (ships libesp
                  "or `apt-get install espeak-ng`")
 
 
-class EspeakError(RuntimeError):
+class EspeakError(SpeechkdError, RuntimeError):
     """espeak-ng is missing, cannot load, or rejected a voice/text; the message says which and how to fix it."""
 
 

@@ -43,6 +43,7 @@ import numpy as np
 from speechkd.config import ConfigError, save_config, to_dict
 from speechkd.io import OutputPaths, atomic_write_json, atomic_write_text, read_jsonl, write_jsonl
 from speechkd_runtime.guards import compression_ratio, text_repetition
+from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ FIELD_SOURCE = {
 }
 
 
-class FilterError(ValueError):
+class FilterError(SpeechkdError, ValueError):
     """Filtering that cannot run or produced nothing usable; the message says which field/filter and what to do."""
 
 

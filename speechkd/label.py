@@ -28,6 +28,7 @@ from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, 
 from speechkd.io import JsonlWriter, OutputPaths, atomic_write_json, read_jsonl, write_jsonl
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
 from speechkd_runtime.guards import WhisperGuards, compression_ratio
+from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ SHARD_WAIT_SECONDS = 6 * 3600  # rank 0 waits this long for the other shards bef
 SHARD_POLL_SECONDS = 2.0
 
 
-class LabelError(RuntimeError):
+class LabelError(SpeechkdError, RuntimeError):
     """A labelling job that cannot start or continue; the message says why and what to do."""
 
 

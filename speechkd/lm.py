@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Sequence
 
 from speechkd.text import normalize
 from speechkd_runtime.beam import BeamSearchOptions
+from speechkd.errors import SpeechkdError
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 KN_DISCOUNT = 0.75  # the classic single absolute discount (Kneser & Ney 1995; Chen & Goodman 1998)
@@ -40,7 +41,7 @@ DEFAULT_ORDER = 3
 HF_BATCH_SIZE = 16
 
 
-class LMError(ValueError):
+class LMError(SpeechkdError, ValueError):
     """An LM that cannot be built or loaded; the message says what to change."""
 
 

@@ -34,6 +34,7 @@ import torch
 
 from speechkd.config import save_config, to_dict
 from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl
+from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ METRICS_FILE = "metrics.jsonl"
 SEED_STRIDE = 1_000_003  # separates per-step seeds of different ranks; a prime well above any step count
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SpeechkdError, RuntimeError):
     """Training cannot go on (or start); the message says what happened, where, and what to do."""
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from speechkd.io import atomic_write_json, atomic_write_text
+from speechkd.errors import SpeechkdError
 
 BLANK = "<blk>"
 SPACE = "▁"
@@ -43,7 +44,7 @@ BPE_FILE = "bpe.json"
 _APOSTROPHES = str.maketrans({"’": "'", "‘": "'", "ʼ": "'", "`": "'"})
 
 
-class VocabError(ValueError):
+class VocabError(SpeechkdError, ValueError):
     """A vocabulary that cannot be built or loaded; the message names the file and the fix."""
 
 

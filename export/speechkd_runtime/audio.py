@@ -18,6 +18,8 @@ from math import gcd
 
 import numpy as np
 
+from .errors import RuntimeInputError
+
 SAMPLE_RATE_HZ = 16_000  # what every model of the toolkit consumes: the one definition, imported everywhere
 NUM_ZEROS = 32  # zero crossings of the sinc on each side of the centre tap
 KAISER_BETA = 9.0
@@ -25,7 +27,7 @@ ROLLOFF = 0.945  # cutoff as a fraction of the lower Nyquist frequency: leaves a
 MAX_PHASES = 20_000  # e.g. 16000/44100 reduces to 160/441: 160 phases; 48000 <-> 44100 needs 147 or 160
 
 
-class AudioError(ValueError):
+class AudioError(RuntimeInputError):
     """An input that cannot be turned into mono samples at the model's rate; the message says why and the fix."""
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from .audio import load_audio, to_model_rate
 from .beam import BeamSearchOptions, CtcBeamSearch
 from .features import compute_features, num_input_frames, pad_batch
+from .errors import RuntimeInputError
 
 CONFIG_FILE = "config.json"
 TOKENS_FILE = "tokens.txt"
@@ -51,7 +52,7 @@ MIN_TAIL_S = 1.0  # shortest last chunk plan_chunks leaves
 REQUIRED_KEYS = ("model_type", "sample_rate", "frontend", "vocab_size", "blank_id")
 
 
-class ModelDirError(ValueError):
+class ModelDirError(RuntimeInputError):
     """An export directory that cannot be used; the message names the missing or inconsistent file."""
 
 

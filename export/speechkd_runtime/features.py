@@ -33,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE_HZ
+from .errors import RuntimeInputError
 
 FRAME_SHIFT = 160  # 10 ms at 16 kHz, for both fbank and whisper_mel
 FBANK_FRAME_LENGTH = 400  # 25 ms
@@ -45,7 +46,7 @@ WHISPER_N_FFT = 400
 FRONTEND_KINDS = ("fbank", "whisper_mel", "waveform")
 
 
-class FeatureError(ValueError):
+class FeatureError(RuntimeInputError):
     """A frontend description or an input that cannot be turned into features."""
 
 

@@ -16,13 +16,15 @@ import math
 import os
 from pathlib import Path
 
+from .errors import RuntimeInputError
+
 LN10 = math.log(10.0)
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 # What an ARPA file without an <unk> entry gives an unknown word: SRILM/KenLM's conventional -100 (log10).
 DEFAULT_UNK_LOG10 = -100.0
 
 
-class ArpaError(ValueError):
+class ArpaError(RuntimeInputError):
     """A file that is not a readable ARPA language model; the message names the file and the line."""
 
 

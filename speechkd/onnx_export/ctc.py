@@ -46,6 +46,7 @@ import torch
 from speechkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from speechkd.lm import BeamSearchFields
 from speechkd_runtime.beam import BeamSearchOptions
+from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ CHECKED_KEYS = ("model_type", "student_type", "vocab_size", "blank_id", "sample_
 FORMAT_VERSION = 1
 
 
-class ExportError(ValueError):
+class ExportError(SpeechkdError, ValueError):
     """A model or directory that cannot be exported as asked; the message names the file and the fix."""
 
 

@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from speechkd.io import atomic_write_bytes
+from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ STATIC_OP_TYPES = ("MatMul", "Gemm")
 WEIGHT_ONLY_MIN_ELEMENTS = 65536
 
 
-class QuantizeError(ValueError):
+class QuantizeError(SpeechkdError, ValueError):
     """Quantisation that cannot run as asked (e.g. no calibration audio); the message says how to fix it."""
 
 

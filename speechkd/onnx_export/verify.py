@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from speechkd.io import atomic_write_json
+from speechkd.errors import EXIT_CHECK_FAILED, SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,10 @@ DEFAULT_TOLERANCE = 1e-3
 DEFAULT_MAX_WER_INCREASE = 1.0
 
 
-class VerifyError(RuntimeError):
+class VerifyError(SpeechkdError, RuntimeError):
     """An export that failed verification; `report` holds the measurements and `failures` the reasons."""
+
+    exit_code = EXIT_CHECK_FAILED
 
     def __init__(self, message: str, report: dict):
         super().__init__(message)

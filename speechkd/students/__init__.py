@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from speechkd.config import ConfigError, from_dict, to_dict
 from speechkd.io import atomic_write_json
+from speechkd.errors import SpeechkdError
 
 STUDENT_FILE = "speechkd_student.json"  # {"type": ..., "config": {...}} written beside every saved student
 
@@ -37,7 +38,7 @@ _FAMILY_MODULES = {
 }
 
 
-class StudentError(ValueError):
+class StudentError(SpeechkdError, ValueError):
     """A student that cannot be built or loaded as asked; the message names the problem and the fix."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from speechkd.io import atomic_write_json, replace_dir
 from speechkd.io import cache_dir as default_cache_dir
+from speechkd.errors import SpeechkdError
 
 BUNDLED_PREFIX = "bundled:"
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
@@ -38,7 +39,7 @@ CT2_MODEL_FILE = "model.bin"
 CT2_SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(SpeechkdError, RuntimeError):
     """A teacher could not be resolved or loaded; the message names the teacher and the fix.
 
     Raised before any audio is processed, so a labelling job fails in its first second rather than
