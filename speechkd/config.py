@@ -7,8 +7,12 @@ in a config silently falling back to a default is the most expensive bug in a tr
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import io
 import os
 import re
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -21,6 +25,7 @@ from speechkd.errors import SpeechkdError
 
 T = TypeVar("T")
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_FIELD_LINE = re.compile(r"^(\s+)([A-Za-z_]\w*)\s*:")
 
 
 class ConfigError(SpeechkdError, ValueError):
@@ -109,24 +114,25 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, where: str = "config") -
     return obj
 
 
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file, or a ConfigError naming the file and the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return loaded
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None = None, **overrides: Any) -> T:
     """Load `cls` from a YAML file (optional) and apply keyword overrides (None means 'not given')."""
-    data: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
-        data.update(loaded)
+    data: dict[str, Any] = read_config_file(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(cls, data, where=where)
+    return from_dict(cls, data, where=str(path) if path is not None else "config")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -146,3 +152,60 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """What each field of a config dataclass means, read from the comments in its source.
+
+    A field's help is its trailing `# comment`, or else the comment lines right above it. Those comments are
+    the one description of a field: `--help`, README tables and readers of the code all see the same text,
+    so the flags and the configs cannot drift apart. Inherited fields take their base class's comments.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_class_field_comments(klass))
+    return {f.name: docs.get(f.name, "") for f in dataclasses.fields(cls)}
+
+
+@functools.lru_cache(maxsize=None)
+def _class_field_comments(klass: type) -> dict[str, str]:
+    try:
+        source = inspect.getsource(klass)
+    except (OSError, TypeError):  # no source (a frozen app, a REPL class): flags still work, without help
+        return {}
+    tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    comments: dict[int, str] = {}  # line number (in `source`) -> comment text
+    code_lines: set[int] = set()
+    fields: list[tuple[int, int, str]] = []  # (line, column, name) of each `name: type` statement
+    starts_statement, depth = True, 0  # depth: open brackets; a line break inside them continues a statement
+    for i, tok in enumerate(tokens):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            continue
+        if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.INDENT, tokenize.DEDENT):
+            starts_statement = starts_statement or depth == 0
+            continue
+        code_lines.update(range(tok.start[0], tok.end[0] + 1))
+        if starts_statement and tok.type == tokenize.NAME and i + 1 < len(tokens) and tokens[i + 1].string == ":":
+            fields.append((tok.start[0], tok.start[1], tok.string))
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        starts_statement = False
+    body_column = min((col for _, col, _ in fields), default=0)  # methods' locals are indented deeper
+    out: dict[str, str] = {}
+    for line, col, name in fields:
+        if col != body_column or name in out:
+            continue
+        if line in comments:
+            out[name] = comments[line]
+            continue
+        above = []
+        k = line - 1
+        while k in comments and k not in code_lines:
+            above.insert(0, comments[k])
+            k -= 1
+        out[name] = " ".join(above)
+    return out

@@ -44,16 +44,16 @@ class Recognizer(Protocol):
 
 @dataclass(frozen=True)
 class EvalConfig(BeamSearchFields):
-    model: str = "bundled:tiny.en"
-    data: str = ""
-    backend: Literal["transformers", "ctranslate2", "auto"] = "auto"
-    batch_size: int = 8
-    language: str | None = "en"
-    max_utterances: int | None = None
+    model: str = "bundled:tiny.en"  # a teacher spec, a saved student dir or a `speechkd export` dir
+    data: str = ""  # audio with references: a JSONL manifest, an audio folder with a metadata file, an HF dataset
+    backend: Literal["transformers", "ctranslate2", "auto"] = "auto"  # Whisper teachers; auto: ctranslate2 when the teacher has a CTranslate2 model
+    batch_size: int = 8  # utterances per forward pass
+    language: str | None = "en"  # Whisper language token, and the text normaliser's language
+    max_utterances: int | None = None  # the first N utterances only; None: all
     num_threads: int | None = None  # None: leave torch/ct2 defaults
     compute_type: str = "default"  # ctranslate2 backend: default|int8|float32...
     variant: str | None = None  # ONNX export dirs: which graph (e.g. model.int8.onnx; Whisper: fp32|int8)
-    warmup: bool = True
+    warmup: bool = True  # decode one untimed clip of silence first, so the RTF leaves out one-off start-up costs
     # CTC models (BeamSearchFields): beam search with `lm`. Without it, decoding is greedy, or what an ONNX
     # export's config.json ships (`speechkd export --lm`).
     greedy: bool = False  # greedy CTC decoding even when the export ships an LM

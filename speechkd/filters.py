@@ -95,21 +95,21 @@ class FilterError(SpeechkdError, ValueError):
 class FilterConfig:
     scorers: tuple[str, ...] = ()  # () = every label-free scorer the records support (+ proxy_wer with proxy labels)
     thresholds: dict[str, float | None] = field(default_factory=dict)  # overrides of DEFAULT_THRESHOLDS; None = rank only
-    select: Literal["threshold", "fraction", "both"] = "threshold"
+    select: Literal["threshold", "fraction", "both"] = "threshold"  # drop by thresholds, keep a fraction, or both
     keep_fraction: float = 0.7  # for select fraction/both
     rank_by: str = "combined"  # the scorer that orders records for select fraction/both
     combine: tuple[str, ...] = ()  # scorers rank-averaged into `combined`; () = DEFAULT_COMBINE among those computed
     proxy_labels: str | None = None  # labels JSONL of the same audio by a different model (proxy_wer)
     proxy_missing: Literal["error", "nan"] = "error"  # a label id absent from the proxy file: fail, or NaN (never drops)
-    rate_unit: Literal["chars", "words"] = "chars"
+    rate_unit: Literal["chars", "words"] = "chars"  # unit of the speaking-rate scorer (per second of audio)
     repeat_ngram: int = 3  # n of the word n-grams counted by `repeats`
     lm_model: str = "ngram"  # built-in KN n-gram LM, or a HF causal LM dir / Hub id
     lm_text: str | None = None  # n-gram training text (one sentence a line); None = the shipped sentence list
-    lm_order: int = 3
+    lm_order: int = 3  # n of the built-in n-gram LM
     lm_exclude: tuple[str, ...] = ()  # files whose sentences are removed from the LM training text (see README)
     lm_exclude_references: bool = True  # also remove the filtered records' own references (no leakage)
     language: str | None = None  # normaliser language; None = each record's `language` (default en)
-    report_wer_thresholds: tuple[float, ...] = REPORT_WER_THRESHOLDS_PCT
+    report_wer_thresholds: tuple[float, ...] = REPORT_WER_THRESHOLDS_PCT  # WER % cut-offs of the report's AUROCs
 
     def validate(self) -> None:
         known = sorted(SCORERS) + ["combined"]

@@ -46,23 +46,23 @@ class LabelError(SpeechkdError, RuntimeError):
 
 @dataclass(frozen=True)
 class LabelConfig:
-    teacher: str = "bundled:tiny.en"
-    backend: Literal["ctranslate2", "transformers"] = "ctranslate2"
+    teacher: str = "bundled:tiny.en"  # bundled:tiny.en|bundled:base, a Hub id, an HF dir or a CTranslate2 dir
+    backend: Literal["ctranslate2", "transformers"] = "ctranslate2"  # ctranslate2 is the faster on CPU
     batch_size: int = 8  # windows per decoder call
     language: str | None = "en"  # None: detect per window (multilingual teachers)
-    task: Literal["transcribe", "translate"] = "transcribe"
+    task: Literal["transcribe", "translate"] = "transcribe"  # translate: English text from any language
     dtype: Literal["float32", "bfloat16"] = "float32"  # transformers backend
     compute_type: str = "default"  # ctranslate2 backend: default | int8 | float32 | int8_float32 ...
     pack: bool = True  # pack short utterances into shared 30-s windows (the main speed lever)
     pack_gap_s: float = 1.0  # silence between packed utterances
     max_pack: int = 12  # at most this many utterances in one window
     num_samples: int = 0  # extra hypotheses sampled at sample_temperature (for agreement filters)
-    sample_temperature: float = 0.7
-    seed: int = 0
+    sample_temperature: float = 0.7  # temperature of those extra hypotheses
+    seed: int = 0  # sampling is reproducible under this seed
     num_threads: int = 0  # 0: library default
     max_duration_s: float | None = None  # skip longer audio; None: transcribe long audio completely
     num_shards: int = 1  # > 1: this process labels every num_shards-th utterance (torchrun sets it)
-    shard_id: int = 0
+    shard_id: int = 0  # which shard this process labels, 0..num_shards-1
     # Hallucination guards (temperature fallback, duration budget, repetition rule): every record says which
     # acted under `guard`; `guards: {enabled: false}` is raw greedy decoding.
     guards: WhisperGuards = field(default_factory=WhisperGuards)

@@ -218,8 +218,8 @@ class DecodingLMConfig:
     """`speechkd lm`: a word n-gram for CTC beam search, from pseudo-labels or any text."""
 
     text: str = ""  # labels/manifest JSONL (its `text` field) or a text file with one sentence per line
-    order: int = DEFAULT_ORDER
-    discount: float = KN_DISCOUNT
+    order: int = DEFAULT_ORDER  # n of the n-gram
+    discount: float = KN_DISCOUNT  # Kneser-Ney absolute discount, 0 < d < 1
     lowercase: bool = True  # must match the CTC vocabulary's (VocabConfig.lowercase)
     exclude: tuple[str, ...] = ()  # JSONL manifests or text files whose sentences must not be in the LM (tests)
 
@@ -235,10 +235,10 @@ class BeamSearchFields:
     """Config fields for CTC beam search with an ARPA LM, shared by `speechkd eval` and `speechkd export`."""
 
     lm: str | None = None  # an ARPA word n-gram (`speechkd lm`); None: greedy decoding
-    beam_size: int = BeamSearchOptions.beam_size
-    lm_weight: float = BeamSearchOptions.lm_weight
-    word_score: float = BeamSearchOptions.word_score
-    unk_score: float = BeamSearchOptions.unk_score
+    beam_size: int = BeamSearchOptions.beam_size  # prefixes kept per frame
+    lm_weight: float = BeamSearchOptions.lm_weight  # weight of the LM log-probability against the acoustic one
+    word_score: float = BeamSearchOptions.word_score  # bonus per word (counters the LM's bias to short outputs)
+    unk_score: float = BeamSearchOptions.unk_score  # log-score of a word the LM has never seen
 
     def beam_options(self) -> BeamSearchOptions:
         return BeamSearchOptions(beam_size=self.beam_size, lm_weight=self.lm_weight, word_score=self.word_score,

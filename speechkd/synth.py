@@ -154,17 +154,17 @@ _VOICE_NAME = re.compile(r"^[A-Za-z0-9-]+(\+[A-Za-z0-9_-]+)?$")
 class SynthConfig:
     """What to synthesise. Every field changes the output except ``num_workers``."""
 
-    num_utterances: int = 1000
-    seed: int = 0
+    num_utterances: int = 1000  # utterances in the whole corpus, all splits together
+    seed: int = 0  # the same seed and config give the same corpus, sample for sample
     voices: tuple[Speaker, ...] = DEFAULT_VOICES  # the speaker list; shares follow each speaker's weight
     noise_snr_db: float | None = None  # noise for speakers without their own snr_db; None = clean
     noise_prob: float = 1.0  # share of those utterances that get it
-    noise_color: Literal["white", "pink"] = "pink"
+    noise_color: Literal["white", "pink"] = "pink"  # spectrum of the added noise
     splits: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
-    min_words: int = 4
+    min_words: int = 4  # sentences shorter than this are not used
     max_words: int = 30  # ~12 s at the slowest default rate: well inside Whisper's 30 s window
     sentences_path: str | None = None  # one sentence per line; None = the shipped public-domain/CC0 list
-    sample_rate: int = DEFAULT_SAMPLE_RATE_HZ
+    sample_rate: int = DEFAULT_SAMPLE_RATE_HZ  # Hz of the written WAVs (espeak-ng output is resampled)
     num_workers: int = 2  # processes; 0 or 1 = synthesise in this process
 
     def validate(self) -> None:

@@ -57,17 +57,17 @@ class TrainConfig:
 
     max_steps: int = 1000  # optimizer steps (each = grad_accum micro-batches per process)
     batch_size: int = 8  # items per micro-batch per process
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 50
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    grad_accum: int = 1  # micro-batches summed into one optimizer step
+    lr: float = 1e-4  # peak learning rate (AdamW), reached after warmup_steps
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 50  # linear warm-up from 0 to lr
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"  # decay after warm-up
     max_grad_norm: float = 1.0  # 0 disables clipping
     eval_every: int = 0  # steps between dev evaluations; 0 = only at the end
     save_every: int = 100  # steps between checkpoints (one is always written at the end)
-    log_every: int = 10
-    keep_checkpoints: int = 2
-    seed: int = 0
+    log_every: int = 10  # steps between log lines and metrics.jsonl records
+    keep_checkpoints: int = 2  # newest checkpoints kept (older ones are deleted)
+    seed: int = 0  # data order, dropout and initialisation; a resumed run continues the same stream
     num_threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
     length_group_batches: int = 50  # sort items by length within chunks of this many batches (less padding)
 
@@ -85,11 +85,11 @@ class TrainConfig:
 class RunConfig:
     """One training run: what to distil into what, from which labels. Saved as `<run>/config.yaml`."""
 
-    method: Literal["whisper_kd", "ctc"] = "whisper_kd"
+    method: Literal["whisper_kd", "ctc"] = "whisper_kd"  # the distillation method (speechkd.tasks)
     labels: str = ""  # (filtered) pseudo-label JSONL from `speechkd label` / `speechkd filter`
     dev: str | None = None  # held-out data with references for periodic dev WER
-    dev_max_utterances: int = 100
-    teacher: str = "bundled:base"
+    dev_max_utterances: int = 100  # dev utterances decoded at each evaluation
+    teacher: str = "bundled:base"  # the teacher the student is cut from / learns the distributions of
     student_type: str = "whisper"  # a speechkd.students type
     student: dict = field(default_factory=dict)  # that type's config
     init_from: str | None = None  # start from a saved student dir (e.g. `speechkd student create`) instead

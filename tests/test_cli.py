@@ -89,7 +89,7 @@ def test_lm_from_labels_then_eval_a_ctc_student_with_it(synth_corpus, tmp_path, 
     assert saved["lm"] == str(arpa) and saved["beam_size"] == 2
     capsys.readouterr()
     for args, needle in [(["--lm", str(tmp_path / "nope.arpa")], "nope.arpa"),
-                         (["--lm", str(arpa), "--greedy", "true"], "contradict"),
+                         (["--lm", str(arpa), "--greedy"], "contradict"),
                          (["--lm", str(arpa), "--beam-size", "0"], "beam_size"),
                          (["--lm", str(arpa), "--model", "bundled:tiny.en"], "CTC students")]:
         assert main(["eval", "--model", str(student), "--data", data, *args]) == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
@@ -152,7 +151,7 @@ def _tamper(path):
 
 
 def test_verify_fails_nonzero_on_tampered_weights(exported, synth_corpus, tmp_path):
-    from speechkd.onnx_export.cli import add_verify_parser
+    from speechkd.cli import main
 
     kind, _, root, _ = exported
     broken = tmp_path / "broken"
@@ -161,16 +160,13 @@ def test_verify_fails_nonzero_on_tampered_weights(exported, synth_corpus, tmp_pa
     with pytest.raises(VerifyError, match="fp32: max"):
         verify(broken, str(synth_corpus / "dev.jsonl"), max_utterances=2, max_wer_increase=400.0)
     assert json.loads((broken / "verify.json").read_text())["passed"] is False
-    parser = argparse.ArgumentParser()
-    add_verify_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["verify", str(broken), "--data", str(synth_corpus / "dev.jsonl"), "--max-utterances", "2"])
-    assert args.func(args) == 1
+    assert main(["verify", str(broken), "--data", str(synth_corpus / "dev.jsonl"), "--max-utterances", "2"]) == 1
 
 
 def test_export_command_exits_nonzero_when_int8_fails_verification(tmp_path, synth_corpus, monkeypatch, capsys):
     """A quantised model that loses accuracy is reported, left out of the runtime's default, and the command fails."""
     import speechkd.onnx_export.quantize as quantize
-    from speechkd.onnx_export.cli import add_export_parser
+    from speechkd.cli import main
 
     make_student("conformer_ctc", tmp_path / "student")
     real = quantize.quantize_model
@@ -187,27 +183,20 @@ def test_export_command_exits_nonzero_when_int8_fails_verification(tmp_path, syn
 
     write_jsonl(tmp_path / "unlabelled.jsonl", [{"id": u.id, "audio": u.audio}
                                                for u in read_manifest(synth_corpus / "dev.jsonl")])
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", str(tmp_path / "student"), "--out", str(tmp_path / "onnx"),
-                              "--quantize", "dynamic", "--data", str(tmp_path / "unlabelled.jsonl")])
-    assert args.func(args) == 1
-    out = capsys.readouterr().out
-    assert "FAILED VERIFICATION" in out and "int8-dynamic" in out
+    assert main(["export", str(tmp_path / "student"), "--out", str(tmp_path / "onnx"),
+                 "--quantize", "dynamic", "--data", str(tmp_path / "unlabelled.jsonl")]) == 1
+    printed = capsys.readouterr()
+    assert "failed verification" in printed.err and "int8-dynamic" in printed.out
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["default_model"] == "model.onnx" and config["verified"] is False
 
 
 def test_export_command_verifies_and_picks_int8_default(tmp_path, synth_corpus, capsys):
-    from speechkd.onnx_export.cli import add_export_parser
+    from speechkd.cli import main
 
     make_student("conformer_ctc", tmp_path / "student")
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", str(tmp_path / "student"), "--out", str(tmp_path / "onnx"),
-                              "--data", str(synth_corpus / "dev.jsonl"), "--max-utterances", "3",
-                              "--max-wer-increase", "400"])
-    assert args.func(args) == 0
+    assert main(["export", str(tmp_path / "student"), "--out", str(tmp_path / "onnx"),
+                 "--data", str(synth_corpus / "dev.jsonl"), "--max-utterances", "3", "--max-wer-increase", "400"]) == 0
     config = json.loads((tmp_path / "onnx" / "config.json").read_text())
     assert config["verified"] is True and config["default_model"] == "model.int8.onnx"
 

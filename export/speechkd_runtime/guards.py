@@ -36,7 +36,7 @@ class WhisperGuards:
     """Hallucination guards for Whisper decoding; defaults are openai/whisper's. ``enabled: false`` is raw greedy
     decoding (one pass at temperature 0, half the decoder context as the only limit), for exact comparisons."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: raw greedy decoding, one pass at temperature 0, no guard
     # Tried in order; the first is used for every utterance, the next ones only for those that failed a check.
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     compression_ratio_threshold: float | None = 2.4  # gzip ratio of the text above which it is a loop; None: off

@@ -73,14 +73,14 @@ class ExportError(SpeechkdError, ValueError):
 @dataclass(frozen=True)
 class ExportConfig(BeamSearchFields):
     quantize: tuple[str, ...] = ("dynamic",)  # any of "dynamic", "static"; () exports fp32 only
-    opset: int = 17
+    opset: int = 17  # ONNX opset of the graphs (13..21)
     calibration: str | None = None  # manifest (or audio folder / dataset) for static int8 calibration
     calibration_size: int = 32  # utterances used for calibration
     data: str | None = None  # manifest to verify on after export (PyTorch vs ONNX log-probs and WER)
     max_utterances: int | None = 200  # verification subset size (None: all)
     tolerance: float = 1e-3  # max |log-prob difference| allowed between PyTorch and ONNX fp32
     max_wer_increase: float = 1.0  # WER points an int8 model may lose vs PyTorch before verification fails
-    batch_size: int = 8
+    batch_size: int = 8  # utterances per batch during verification and calibration
     num_threads: int | None = None  # onnxruntime threads during verification
     # BeamSearchFields: `lm` is shipped as lm.arpa and the runtime then beam-searches with it by default.
 

@@ -19,7 +19,6 @@ Usage (CLI): speechkd student create --teacher bundled:base --decoder-layers 2 -
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -59,11 +58,11 @@ class WhisperStudentConfig:
     ``kl_weight: 0``), not from the teacher's token distributions.
     """
 
-    teacher: str = "bundled:tiny.en"
-    encoder_layers: int | None = None
-    decoder_layers: int | None = 2
-    init_from: str | None = None
-    pretrained: str | None = None
+    teacher: str = "bundled:tiny.en"  # the Whisper to cut the student from (bundled:base, HF dir, CT2 dir, Hub id)
+    encoder_layers: int | None = None  # encoder layers kept, maximally spaced; None: all
+    decoder_layers: int | None = 2  # decoder layers kept, maximally spaced (Distil-Whisper: 2); None: all
+    init_from: str | None = None  # a saved student dir to start from instead of slicing the teacher again
+    pretrained: str | None = None  # start from this smaller Whisper instead (e.g. bundled:tiny.en); its layers
 
     def validate(self) -> None:
         for stack, n in (("encoder", self.encoder_layers), ("decoder", self.decoder_layers)):
@@ -444,37 +443,3 @@ def compare_speculative(teacher: Any, student: Any, audios: Sequence[np.ndarray]
         "mismatches": [{"index": i, "teacher": results["teacher"][i], "speculative": results["speculative"][i]}
                        for i, ok in enumerate(same) if not ok],
     }
-
-
-# --- CLI ----------------------------------------------------------------------------------------------
-
-
-def add_student_parser(sub) -> argparse.ArgumentParser:
-    """`speechkd student create`: cut a Whisper student from a teacher and save it (wired in speechkd.cli)."""
-    p = sub.add_parser("student", help="create students from teachers")
-    actions = p.add_subparsers(dest="student_command", required=True)
-    c = actions.add_parser("create", help="a Distil-Whisper student initialised from a Whisper teacher")
-    c.add_argument("--teacher", default="bundled:tiny.en", help="teacher spec (bundled:base, HF dir, CT2 dir, Hub id)")
-    c.add_argument("--pretrained", default=None,
-                   help="start from this smaller pretrained Whisper instead of cutting the teacher (e.g. "
-                        "bundled:tiny.en); layer counts then default to all of its layers")
-    c.add_argument("--encoder-layers", type=int, default=None, help="default: all of the teacher's")
-    c.add_argument("--decoder-layers", type=int, default=None, help="default: 2 (with --pretrained: all)")
-    c.add_argument("--out", required=True, type=Path, help="output dir (save_pretrained + speechkd_student.json)")
-    c.set_defaults(func=cmd_student_create)
-    return p
-
-
-def cmd_student_create(args: argparse.Namespace) -> int:
-    from speechkd.students import build_student, save_student
-
-    cfg = {"teacher": args.teacher, "pretrained": args.pretrained, "encoder_layers": args.encoder_layers}
-    if args.decoder_layers is not None or args.pretrained:  # unset: all of a pretrained model's, else the default
-        cfg["decoder_layers"] = args.decoder_layers
-    model = build_student("whisper", cfg)
-    save_student(model, args.out)
-    layers = model.speechkd_layer_map
-    source = f"pretrained {args.pretrained}" if args.pretrained else "teacher"
-    print(f"student saved to {args.out}: {source} encoder layers {layers['encoder']}, decoder layers "
-          f"{layers['decoder']}")
-    return 0
