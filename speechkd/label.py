@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
@@ -399,8 +399,9 @@ class LabelPaths(OutputPaths):
         return self.shard(k, n).with_suffix(".done")
 
 
-def resolve_shard(cfg: LabelConfig) -> tuple[int, int]:
-    """(shard_id, num_shards): torchrun's RANK/WORLD_SIZE when launched by it, else the config's."""
+def resolve_shard(cfg: Any) -> tuple[int, int]:
+    """(shard_id, num_shards) of a config with those fields (labels, targets): torchrun's RANK/WORLD_SIZE when
+    launched by it, else the config's."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and cfg.num_shards == 1:
         return int(os.environ["RANK"]), world

@@ -1,4 +1,5 @@
-"""`speechkd synth | label | filter | lm`: the data side (corpora, pseudo-labels, label filters, decoding LMs)."""
+"""`speechkd synth | label | filter | targets | lm`: the data side (corpora, pseudo-labels, label filters, teacher
+targets, decoding LMs)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,17 @@ def cmd_filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_targets(args: argparse.Namespace) -> int:
+    from speechkd.runlog import setup_logging
+    from speechkd.targets import TargetsConfig, extract_targets
+
+    cfg = config_from_args(TargetsConfig, args)
+    setup_logging(args.out, "targets")
+    summary = extract_targets(cfg, args.data, args.out, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def cmd_lm(args: argparse.Namespace) -> int:
     from speechkd.lm import DecodingLMConfig, build_decoding_lm
 
@@ -68,6 +80,7 @@ def add_parsers(sub, command) -> None:
     from speechkd.label import LabelConfig
     from speechkd.lm import DecodingLMConfig
     from speechkd.synth import SynthConfig
+    from speechkd.targets import TargetsConfig
 
     s = command(sub, "synth", cmd_synth, "synthesise an offline multi-speaker speech corpus (espeak-ng)", [
         "speechkd synth --out corpora/demo --num-utterances 400 --seed 0",
@@ -96,6 +109,19 @@ def add_parsers(sub, command) -> None:
     f.add_argument("--threshold", action="append", metavar="NAME=VALUE",
                    help="drop when score NAME > VALUE (repeatable; VALUE none = rank only)")
     add_config_args(f, FilterConfig)
+
+    tg = command(sub, "targets", cmd_targets,
+                 "precompute a teacher's hidden states once (sharded, resumable), for representation distillation", [
+                     "speechkd targets --data corpora/demo/train.jsonl --out exp/targets/base --teacher bundled:base "
+                     "--layers 3,6",
+                     "speechkd targets --data train.jsonl --out exp/targets/hubert --teacher facebook/hubert-base-ls960 "
+                     "--layers 4,8,12 --device cuda",
+                     "torchrun --nproc-per-node 4 -m speechkd targets --data big.jsonl --out exp/targets/big  # sharded"])
+    tg.add_argument("--data", required=True, help="audio folder, JSONL manifest or saved HF dataset")
+    tg.add_argument("--out", required=True, type=Path,
+                    help="store folder: store.json, shard-*.safetensors, index-*.jsonl, skipped.jsonl, log/")
+    tg.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_args(tg, TargetsConfig)
 
     lm = command(sub, "lm", cmd_lm, "word n-gram (Kneser-Ney, ARPA) from pseudo-labels or text, for CTC beam search", [
         "speechkd lm --text exp/labels/kept.jsonl --out exp/lm/3gram.arpa --order 3"])
