@@ -16,7 +16,8 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     from speechkd.cli import config_from_args
-    from speechkd.onnx_export.ctc import ExportConfig, ExportError, export_student
+    from speechkd.onnx_export.api import export_student
+    from speechkd.onnx_export.common import ExportConfig, ExportError
     from speechkd.onnx_export.verify import VerifyError, format_report
 
     cfg = config_from_args(ExportConfig, args)
@@ -42,7 +43,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from speechkd.onnx_export.ctc import ExportError
+    from speechkd.onnx_export.common import ExportError
     from speechkd.onnx_export.verify import VerifyError, format_report, verify
 
     try:
@@ -64,7 +65,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_export_parser(sub) -> argparse.ArgumentParser:
     from speechkd.cli import add_config_args
-    from speechkd.onnx_export.ctc import ExportConfig
+    from speechkd.onnx_export.common import ExportConfig
 
     p = sub.add_parser("export", help="export a student to ONNX (fp32 + int8) for the on-device runtime")
     p.add_argument("student_dir", type=Path, help="saved student (CTC or Whisper)")

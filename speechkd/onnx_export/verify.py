@@ -25,6 +25,7 @@ import numpy as np
 
 from speechkd.io import atomic_write_json
 from speechkd.errors import EXIT_CHECK_FAILED, SpeechkdError
+from speechkd.onnx_export.common import max_abs_diff, torch_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
            batch_size: int = 8, num_threads: int | None = None,
            report_path: str | os.PathLike | None = None) -> dict:
     """Verify every ONNX file of an export directory; returns the report or raises VerifyError (report saved)."""
-    from speechkd.onnx_export.ctc import _torch_log_probs, max_abs_diff
     from speechkd_runtime.ctc import CtcModel, pad_value_for, read_config
     from speechkd_runtime.features import pad_batch
 
@@ -127,7 +127,7 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
     ref_lp: dict[int, np.ndarray] = {}
     for idx in batches:
         x, lens = pad_batch([feats[i] for i in idx], pad)
-        for i, lp in zip(idx, _torch_log_probs(torch_model, x, lens)[0]):
+        for i, lp in zip(idx, torch_log_probs(torch_model, x, lens)[0]):
             ref_lp[i] = lp
     ids = sorted(ref_lp)
     variants = {name: file for name, file in config.get("onnx", {"fp32": "model.onnx"}).items()}

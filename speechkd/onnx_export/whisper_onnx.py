@@ -44,8 +44,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from speechkd.onnx_export.ctc import ExportError  # one error class for every export, so the CLI reports them all
 from speechkd.io import atomic_write_json
+from speechkd.onnx_export.common import ExportError  # one error class for every export, so the CLI reports them all
 
 log = logging.getLogger(__name__)
 
