@@ -47,6 +47,7 @@ import torch
 from speechkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 # ExportConfig and ExportError are defined in common.py and stay importable from here.
 from speechkd.onnx_export.common import ExportConfig, ExportError, max_abs_diff, torch_log_probs
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _example_batch(frontend: dict, seconds: list[float], seed: int = 0) -> tuple
     from speechkd_runtime.features import compute_features, pad_batch
 
     rng = np.random.default_rng(seed)
-    sr = int(frontend.get("sample_rate", 16000))
+    sr = int(frontend.get("sample_rate", SAMPLE_RATE_HZ))
     feats = [compute_features(frontend, (0.1 * rng.standard_normal(int(s * sr))).astype(np.float32)) for s in seconds]
     return pad_batch(feats, pad_value_for(frontend))
 
@@ -176,7 +177,7 @@ def write_tokens(tokens: list[str], blank_id: int, path: Path) -> None:
 
 
 def _sherpa_info(frontend: dict) -> dict:
-    if frontend.get("kind") == "fbank" and int(frontend.get("sample_rate", 16000)) == 16000:
+    if frontend.get("kind") == "fbank" and int(frontend.get("sample_rate", SAMPLE_RATE_HZ)) == SAMPLE_RATE_HZ:
         dim = int(frontend.get("num_mel_bins", 80))
         return {"compatible": True, "model_type": "zipformer_ctc",
                 "usage": f"sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "

@@ -26,6 +26,7 @@ import numpy as np
 from speechkd.io import atomic_write_json
 from speechkd.errors import EXIT_CHECK_FAILED, SpeechkdError
 from speechkd.onnx_export.common import max_abs_diff, torch_log_probs
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def _load_features(data: str, frontend: dict, max_utterances: int | None) -> tup
     utts = open_data(data)
     if max_utterances is not None:
         utts = utts[:max_utterances]
-    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", 16000)))
+    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", SAMPLE_RATE_HZ)))
     kept, feats = [], []
     for utt, audio in iter_audio(utts, cfg, SkipList(None, "verify")):
         kept.append(utt)
@@ -186,7 +187,8 @@ def verify_whisper(model_dir: Path, data: str, *, model: Any = None, tolerance: 
     except TeacherLoadError as e:
         raise VerifyError(f"cannot load the PyTorch model {source} to verify {model_dir} against: {e}", {}) from e
     utts = open_data(data)[:max_utterances] if max_utterances else open_data(data)
-    items = list(iter_audio(utts, AudioConfig(sample_rate=16000, max_duration_s=30.0), SkipList(None, "verify")))
+    audio_cfg = AudioConfig(sample_rate=SAMPLE_RATE_HZ, max_duration_s=30.0)
+    items = list(iter_audio(utts, audio_cfg, SkipList(None, "verify")))
     if not items:
         raise VerifyError(f"no usable audio in {data} to verify {model_dir} with", {})
     audios = [a for _, a in items]

@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.onnx_export.common import ExportError  # one error class for every export, so the CLI reports them all
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ INT8_SUFFIX = ".int8.onnx"
 INT8_ACTIVATION_SCALES = "per_row"  # config.json key the runtime reads: per-row int8 graphs batch like fp32
 TOKENS_FILE = "tokens.json"
 QUANTIZE_MODES = ("dynamic",)
-SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30
 
 
@@ -280,7 +278,7 @@ def whisper_config(model, tokenizer, generation_config) -> dict:
     return {
         "model_type": "whisper",
         "format_version": FORMAT_VERSION,
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": SAMPLE_RATE_HZ,
         "chunk_seconds": CHUNK_SECONDS,
         "n_mels": int(cfg.num_mel_bins),
         "n_audio_ctx": int(cfg.max_source_positions),
@@ -331,9 +329,7 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise ExportError(f"quantize={list(quantize)}: unknown mode(s) {unknown}; choose from {list(QUANTIZE_MODES)}")
     model, processor, gen, _ = _load(student_dir)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         files = export_graphs(model, tmp)
         config = whisper_config(model, processor.tokenizer, gen)
         config["source_student_dir"] = os.fspath(student_dir)  # what `speechkd verify` compares against
@@ -342,12 +338,6 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
             config["int8_activation_scales"] = INT8_ACTIVATION_SCALES
         atomic_write_json(tmp / TOKENS_FILE, token_table(processor.tokenizer, model.config.vocab_size))
         atomic_write_json(tmp / "config.json", config)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s (%s)", student_dir, out, ", ".join(config["files"]))
     return out
 
