@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
@@ -27,9 +25,8 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 import torch
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
-from speechkd.io import replace_dir
 from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, file_sha256, read_json
 from speechkd.teachers.whisper_tokens import (
     EOT_TOKEN,
@@ -368,14 +365,8 @@ def convert_ct2_to_transformers(
     out = Path(output_dir) if output_dir is not None else root / CONVERTED_SUBDIR / digest[:CACHE_KEY_HEX_CHARS]
     if conversion_is_complete(out) and not overwrite:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         _convert_into(ct2_dir, tmp, digest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

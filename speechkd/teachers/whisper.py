@@ -22,8 +22,6 @@ import hashlib
 import inspect
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -31,14 +29,13 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
 from speechkd.teachers.bundled import (
     BUNDLED_PREFIX,
     BUNDLED_TEACHERS,
     CT2_MODEL_FILE,
     TeacherLoadError,
-    replace_dir,
     bundled_name,
     file_sha256,
     is_bundled_spec,
@@ -55,6 +52,7 @@ from speechkd.teachers.whisper_tokens import (
     TOKENIZER_FILE,
     WHISPER_MAX_TARGET_TOKENS,
 )
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import (
     NO_SPEECH_TOKENS,
     Attempt,
@@ -67,7 +65,6 @@ from speechkd_runtime.guards import (
     limit_attempt,
 )
 
-SAMPLE_RATE_HZ = 16_000
 MAX_INPUT_SECONDS = 30.0  # one Whisper window; long-form (chunked) decoding is not implemented yet
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -645,22 +642,20 @@ def convert_hf_to_ct2(hf_dir: Path, out: Path, quantization: str | None = None,
         from ctranslate2.converters import TransformersConverter
     except ImportError as e:
         raise TeacherLoadError("converting to CTranslate2 needs: pip install 'speechkd[ct2]'") from e
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        if not (hf_dir / TOKENIZER_FILE).is_file():
-            raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion; "
-                                   f"save the WhisperProcessor beside the model")
-        copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
-        TransformersConverter(str(hf_dir), copy_files=copy).convert(str(tmp), quantization=quantization, force=True)
-        if feature_extractor is not None and not (tmp / "preprocessor_config.json").is_file():
-            atomic_write_json(tmp / "preprocessor_config.json", feature_extractor)
-        atomic_write_json(tmp / CT2_CONVERSION_MARKER, {"source": str(hf_dir.resolve()), "quantization": quantization})
-        replace_dir(tmp, out)
+        with atomic_directory(out) as tmp:  # removes the temp dir on any error, replaces `out` on success
+            if not (hf_dir / TOKENIZER_FILE).is_file():
+                raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion; "
+                                       f"save the WhisperProcessor beside the model")
+            copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
+            converter = TransformersConverter(str(hf_dir), copy_files=copy)
+            converter.convert(str(tmp), quantization=quantization, force=True)
+            if feature_extractor is not None and not (tmp / "preprocessor_config.json").is_file():
+                atomic_write_json(tmp / "preprocessor_config.json", feature_extractor)
+            atomic_write_json(tmp / CT2_CONVERSION_MARKER,
+                              {"source": str(hf_dir.resolve()), "quantization": quantization})
     except TeacherLoadError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise TeacherLoadError(f"could not convert {hf_dir} to CTranslate2 ({type(e).__name__}: {e})") from e
     return out
