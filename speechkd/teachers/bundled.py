@@ -21,11 +21,10 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechkd.io import atomic_write_json, replace_dir
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
 from speechkd.errors import SpeechkdError
 
@@ -171,9 +170,7 @@ def _materialise_split(teacher: BundledTeacher, parts: list[Path], side_dir: Pat
     marker = target / VERIFIED_MARKER
     if _marker_valid(marker, target / CT2_MODEL_FILE, teacher.model_sha256):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         hasher = hashlib.sha256()
         with open(tmp / CT2_MODEL_FILE, "wb") as out:
             for part in parts:
@@ -189,10 +186,6 @@ def _materialise_split(teacher: BundledTeacher, parts: list[Path], side_dir: Pat
         size = (tmp / CT2_MODEL_FILE).stat().st_size
         atomic_write_json(tmp / VERIFIED_MARKER, {"sha256": teacher.model_sha256, "size": size,
                                                   "teacher": teacher.name, "parts": [str(p) for p in parts]})
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
