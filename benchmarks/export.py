@@ -38,7 +38,7 @@ def main() -> None:
 
     from speechkd.data import open_data
     from speechkd.evaluate import RuntimeRecognizer, WhisperRecognizer, evaluate
-    from speechkd.onnx_export.ctc import ExportConfig, export_student
+    from speechkd.onnx_export import ExportConfig, export_student
     from speechkd.onnx_export.whisper_onnx import export_whisper
     from speechkd.metrics import bytes_on_disk
     from speechkd.students import student_recognizer

@@ -21,7 +21,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, WHISPER_MAX_TARGET_TOKENS
+from speechkd.teachers.whisper_tokens import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, WHISPER_MAX_TARGET_TOKENS
 from speechkd_runtime.guards import (
     NO_SPEECH_TOKENS,
     RAW_GREEDY,

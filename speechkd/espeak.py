@@ -8,6 +8,10 @@ reloads it before every utterance and seeds both random generators: each clip th
 (text, speaker, seed). Machines with the ``espeak-ng`` command but not the library get
 :class:`_BinaryEngine`, a fresh process per utterance. ``SPEECHKD_ESPEAK_BACKEND`` (auto | library |
 binary) picks one. Everything is importable from ``speechkd.synth`` too.
+
+The public surface is :func:`speak`, :func:`load_engine`, :func:`espeak_version` and :func:`check_voices`;
+they take anything with a speaker's voice fields (:class:`Voice`), so this module needs nothing from
+``speechkd.synth`` (which builds on it).
 """
 
 from __future__ import annotations
@@ -22,15 +26,12 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 import numpy as np
 
 from speechkd.io import atomic_write_bytes, cache_dir
 from speechkd.errors import SpeechkdError
-
-if TYPE_CHECKING:  # the engines only read a speaker's fields; importing synth here would be circular
-    from speechkd.synth import Speaker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,25 @@ _INSTALL_HINT = ("install espeak-ng: `pip install espeakng-loader` (ships libesp
 
 class EspeakError(SpeechkdError, RuntimeError):
     """espeak-ng is missing, cannot load, or rejected a voice/text; the message says which and how to fix it."""
+
+
+class Voice(Protocol):
+    """The fields of a speaker the engine reads; ``speechkd.synth.Speaker`` has them.
+
+    A structural type rather than Speaker itself, so the engine does not depend on the corpus module that
+    is built on it. ``id`` only names the speaker in error messages.
+    """
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def voice(self) -> str: ...  # language[+variant], e.g. en-us+f2
+    @property
+    def rate(self) -> int: ...  # words per minute
+    @property
+    def pitch(self) -> int: ...  # 0..99
+    @property
+    def pitch_range(self) -> int: ...  # 0..99
 
 
 # --------------------------------------------------------------------------------------------- espeak-ng
@@ -111,7 +131,7 @@ class _LibraryEngine:
             self._lib = None
         self._open()
 
-    def synth(self, text: str, sp: Speaker, rand_seed: int) -> np.ndarray:
+    def synth(self, text: str, sp: Voice, rand_seed: int) -> np.ndarray:
         self._reload()
         lib = self._lib
         if lib.espeak_SetVoiceByName(sp.voice.encode()) != _EE_OK:
@@ -153,7 +173,7 @@ class _BinaryEngine:
         self.version = (version.strip().splitlines() or ["?"])[0]
         self._has_range = "-P <integer>" in helptext  # pitch range: only newer espeak-ng commands have it
 
-    def synth(self, text: str, sp: Speaker, rand_seed: int) -> np.ndarray:
+    def synth(self, text: str, sp: Voice, rand_seed: int) -> np.ndarray:
         import soundfile as sf
 
         cmd = [self.exe, "-v", sp.voice, "-s", str(sp.rate), "-p", str(sp.pitch), "-b", "1"]
@@ -232,6 +252,21 @@ def _engine():
     return _ENGINE
 
 
+def load_engine() -> None:
+    """Pick and load the engine now (it is otherwise loaded on first use), so a missing espeak-ng fails early."""
+    with _ENGINE_LOCK:
+        _engine()
+
+
+def speak(text: str, sp: Voice, rand_seed: int) -> np.ndarray:
+    """`text` spoken as `sp`: int16 mono PCM at ESPEAK_SAMPLE_RATE_HZ, a function of (text, voice, seed) only.
+
+    Serialised by a process-wide lock: the engine is a single global native state, reloaded per utterance.
+    """
+    with _ENGINE_LOCK:
+        return _engine().synth(text, sp, rand_seed)
+
+
 def espeak_version() -> str:
     """Which espeak-ng (and backend) this process synthesises with, e.g. ``library 1.52.0``."""
     with _ENGINE_LOCK:
@@ -239,7 +274,7 @@ def espeak_version() -> str:
         return f"{eng.name} {eng.version}"
 
 
-def check_voices(voices: Iterable[Speaker]) -> None:
+def check_voices(voices: Iterable[Voice]) -> None:
     """Fail now, naming the speaker, if espeak-ng lacks a voice (it silently ignores unknown variants)."""
     with _ENGINE_LOCK:
         eng = _engine()

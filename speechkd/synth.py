@@ -39,16 +39,16 @@ import numpy as np
 
 from speechkd.config import ConfigError, save_config, to_dict
 # The engine lives in speechkd.espeak; its public names stay importable from here (BACKEND_ENV only re-exported).
-from speechkd.espeak import (BACKEND_ENV, ESPEAK_SAMPLE_RATE_HZ, EspeakError, _ENGINE_LOCK, _engine,  # noqa: F401
-                             check_voices, espeak_version)
+from speechkd.espeak import (BACKEND_ENV, ESPEAK_SAMPLE_RATE_HZ, EspeakError, check_voices,  # noqa: F401
+                             espeak_version, load_engine, speak)
 from speechkd.io import atomic_write_bytes, atomic_write_json, write_jsonl
+from speechkd_runtime.audio import SAMPLE_RATE_HZ  # what Whisper and every student here expect
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------- constants
 
-DEFAULT_SAMPLE_RATE_HZ = 16000  # what Whisper and every student here expect
 MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ = 8000, 48000
 MIN_RATE_WPM, MAX_RATE_WPM = 80, 750  # espeak-ng clamps outside these (above ~450 it uses sonic speed-up)
 MAX_PITCH = 99  # espeak pitch and pitch-range parameters are 0..99, 50 = the variant's own
@@ -164,7 +164,7 @@ class SynthConfig:
     min_words: int = 4  # sentences shorter than this are not used
     max_words: int = 30  # ~12 s at the slowest default rate: well inside Whisper's 30 s window
     sentences_path: str | None = None  # one sentence per line; None = the shipped public-domain/CC0 list
-    sample_rate: int = DEFAULT_SAMPLE_RATE_HZ  # Hz of the written WAVs (espeak-ng output is resampled)
+    sample_rate: int = SAMPLE_RATE_HZ  # Hz of the written WAVs (espeak-ng output is resampled)
     num_workers: int = 2  # processes; 0 or 1 = synthesise in this process
 
     def validate(self) -> None:
@@ -193,7 +193,7 @@ class SynthConfig:
                              f"max_words={self.max_words}")
         if not MIN_SAMPLE_RATE_HZ <= self.sample_rate <= MAX_SAMPLE_RATE_HZ:
             raise ValueError(f"sample_rate must be in [{MIN_SAMPLE_RATE_HZ}, {MAX_SAMPLE_RATE_HZ}] Hz, "
-                             f"got {self.sample_rate} (Whisper wants 16000)")
+                             f"got {self.sample_rate} (Whisper wants {SAMPLE_RATE_HZ})")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
@@ -350,8 +350,7 @@ def _render(text: str, sp: Speaker, *, seed: int, snr_db: float | None, sample_r
     """espeak PCM -> float, resample, loudness, silence padding, noise: the whole per-utterance pipeline."""
     import soxr
 
-    with _ENGINE_LOCK:
-        pcm = _engine().synth(text, sp, seed)
+    pcm = speak(text, sp, seed)
     x = pcm.astype(np.float32) / 32768.0
     if x.size == 0 or float(np.sqrt(np.mean(np.square(x)))) < MIN_AUDIBLE_RMS:
         raise EspeakError(f"espeak-ng produced no audible speech for speaker {sp.id} (voice {sp.voice!r}) on "
@@ -372,7 +371,7 @@ def _render(text: str, sp: Speaker, *, seed: int, snr_db: float | None, sample_r
 
 
 def synthesize(text: str, speaker: Speaker | str = DEFAULT_VOICES[0], *, seed: int = 0,
-               sample_rate: int = DEFAULT_SAMPLE_RATE_HZ, noise_color: str = "pink") -> np.ndarray:
+               sample_rate: int = SAMPLE_RATE_HZ, noise_color: str = "pink") -> np.ndarray:
     """Speak `text` as `speaker`: mono float32 in [-1, 1] at `sample_rate`.
 
     `speaker` is a :class:`Speaker`, the id of a default speaker (``"spk05"``) or an espeak voice name
@@ -485,8 +484,7 @@ _WORKER: dict = {}
 def _init_worker(out_dir: str, speakers: tuple[Speaker, ...], sample_rate: int, noise_color: str) -> None:
     _WORKER.update(out=Path(out_dir), speakers={s.id: s for s in speakers}, sample_rate=sample_rate,
                    noise_color=noise_color)
-    with _ENGINE_LOCK:
-        _engine()
+    load_engine()
 
 
 def _render_utterance(row: dict) -> int:

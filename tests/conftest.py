@@ -50,7 +50,7 @@ def build_tiny_whisper(out: Path, *, d_model: int = 64, reverse_alphabet: bool =
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-    from speechkd.teachers.ct2 import build_generation_config, build_whisper_processor, special_token_ids
+    from speechkd.teachers.whisper_tokens import build_generation_config, build_whisper_processor, special_token_ids
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), reverse=reverse_alphabet)
     bpe = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))

@@ -10,7 +10,8 @@ import onnx
 import pytest
 import torch
 
-from speechkd.onnx_export.ctc import ExportConfig, ExportError, export_ctc, export_student, max_abs_diff
+from speechkd.onnx_export import ExportConfig, ExportError, export_ctc, export_student
+from speechkd.onnx_export.common import max_abs_diff
 from speechkd.onnx_export.verify import VerifyError, verify
 from speechkd.students import build_student, save_student
 from speechkd.vocab import Vocabulary

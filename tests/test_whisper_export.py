@@ -268,7 +268,7 @@ def test_verify_whisper_export_against_pytorch(exported, tiny_whisper_dir, synth
 
 
 def test_export_with_data_verifies_whisper(tiny_whisper_dir, teacher_cache, synth_corpus, tmp_path, monkeypatch):
-    from speechkd.onnx_export.ctc import ExportConfig, export_student
+    from speechkd.onnx_export import ExportConfig, export_student
     from speechkd.onnx_export.verify import VerifyError
     from speechkd.students import build_student, save_student
 

@@ -3,6 +3,8 @@
     from speechkd.onnx_export import ExportConfig, export_ctc
     export_ctc("exp/ctc/final", "exp/ctc/onnx", ExportConfig(quantize=("dynamic",)))
 
+(`speechkd export` picks this exporter or the Whisper one and verifies: speechkd.onnx_export.api.export_student.)
+
 The directory holds:
   model.onnx                 fp32 graph: x [B, T, D] float32 (or [B, S] samples), x_lens [B] int64 ->
                              log_probs [B, T', V] float32 (log-softmaxed), log_probs_len [B] int64;
@@ -36,7 +38,6 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,10 @@ import numpy as np
 import torch
 
 from speechkd.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from speechkd.lm import BeamSearchFields
+# ExportConfig and ExportError are defined in common.py and stay importable from here.
+from speechkd.onnx_export.common import ExportConfig, ExportError, max_abs_diff, torch_log_probs
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions
-from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
@@ -57,50 +59,12 @@ LM_FILE = "lm.arpa"
 CONFIG_FILE = "config.json"
 INPUT_NAMES = ("x", "x_lens")
 OUTPUT_NAMES = ("log_probs", "log_probs_len")
-QUANT_MODES = ("dynamic", "static")
 BLANK_SYMBOL = "<blk>"  # sherpa-onnx finds the blank by this name
 CTC_STUDENT_FILES = ("speechkd_student.json", "config.json", "tokens.txt", "model.safetensors")  # a saved CTC student
 # config.json keys that must agree with the loaded model (the rest are informational).
 CHECKED_KEYS = ("model_type", "student_type", "vocab_size", "blank_id", "sample_rate", "subsampling_factor",
                 "frontend")
 FORMAT_VERSION = 1
-
-
-class ExportError(SpeechkdError, ValueError):
-    """A model or directory that cannot be exported as asked; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class ExportConfig(BeamSearchFields):
-    quantize: tuple[str, ...] = ("dynamic",)  # any of "dynamic", "static"; () exports fp32 only
-    opset: int = 17  # ONNX opset of the graphs (13..21)
-    calibration: str | None = None  # manifest (or audio folder / dataset) for static int8 calibration
-    calibration_size: int = 32  # utterances used for calibration
-    data: str | None = None  # manifest to verify on after export (PyTorch vs ONNX log-probs and WER)
-    max_utterances: int | None = 200  # verification subset size (None: all)
-    tolerance: float = 1e-3  # max |log-prob difference| allowed between PyTorch and ONNX fp32
-    max_wer_increase: float = 1.0  # WER points an int8 model may lose vs PyTorch before verification fails
-    batch_size: int = 8  # utterances per batch during verification and calibration
-    num_threads: int | None = None  # onnxruntime threads during verification
-    # BeamSearchFields: `lm` is shipped as lm.arpa and the runtime then beam-searches with it by default.
-
-    def validate(self) -> None:
-        bad = [m for m in self.quantize if m not in QUANT_MODES]
-        if bad:
-            raise ValueError(f"quantize: unknown mode(s) {bad}; choose from {list(QUANT_MODES)}")
-        if "static" in self.quantize and not self.calibration:
-            raise ValueError("static int8 needs calibration audio: pass --calibration MANIFEST "
-                             "(or drop 'static' from --quantize)")
-        if not 13 <= self.opset <= 21:
-            raise ValueError(f"opset {self.opset} is outside the supported range 13..21")
-        if self.calibration_size < 1 or self.batch_size < 1:
-            raise ValueError("calibration_size and batch_size must be >= 1")
-        if self.tolerance <= 0 or self.max_wer_increase < 0:
-            raise ValueError("tolerance must be > 0 and max_wer_increase >= 0")
-        if self.lm is not None:
-            if not Path(self.lm).is_file():
-                raise ValueError(f"lm {self.lm} does not exist; build one with `speechkd lm --text LABELS --out lm.arpa`")
-            self.beam_options().validate()
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -165,27 +129,9 @@ def _example_batch(frontend: dict, seconds: list[float], seed: int = 0) -> tuple
     from speechkd_runtime.features import compute_features, pad_batch
 
     rng = np.random.default_rng(seed)
-    sr = int(frontend.get("sample_rate", 16000))
+    sr = int(frontend.get("sample_rate", SAMPLE_RATE_HZ))
     feats = [compute_features(frontend, (0.1 * rng.standard_normal(int(s * sr))).astype(np.float32)) for s in seconds]
     return pad_batch(feats, pad_value_for(frontend))
-
-
-def _torch_log_probs(model, batch: np.ndarray, lens: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    with torch.inference_mode():
-        log_probs, out_lens = model(torch.from_numpy(batch), torch.from_numpy(lens))
-    lp, ol = log_probs.float().numpy(), out_lens.numpy().astype(np.int64)
-    return [lp[i, : int(ol[i])] for i in range(len(ol))], ol
-
-
-def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    """Largest |a - b| over the valid frames of every item; inf when any lengths differ."""
-    worst = 0.0
-    for x, y in zip(a, b):
-        if x.shape != y.shape:
-            return float("inf")
-        if x.size:
-            worst = max(worst, float(np.max(np.abs(x - y))))
-    return worst
 
 
 def _min_input_frames(model) -> int:
@@ -231,7 +177,7 @@ def write_tokens(tokens: list[str], blank_id: int, path: Path) -> None:
 
 
 def _sherpa_info(frontend: dict) -> dict:
-    if frontend.get("kind") == "fbank" and int(frontend.get("sample_rate", 16000)) == 16000:
+    if frontend.get("kind") == "fbank" and int(frontend.get("sample_rate", SAMPLE_RATE_HZ)) == SAMPLE_RATE_HZ:
         dim = int(frontend.get("num_mel_bins", 80))
         return {"compatible": True, "model_type": "zipformer_ctc",
                 "usage": f"sherpa_onnx.OfflineRecognizer.from_zipformer_ctc(model='model.onnx', "
@@ -255,7 +201,7 @@ def export_metadata(cfg: dict) -> dict[str, Any]:
 def export_ctc(model_or_dir: Any, out_dir: str | os.PathLike, config: ExportConfig = ExportConfig()) -> dict:
     """Export a CTC student (model or saved dir) to `out_dir`; returns the config.json written.
 
-    Verification on data (config.data) is separate: see export_student / speechkd.onnx_export.verify.
+    Verification on data (config.data) is separate: see speechkd.onnx_export.api.export_student and .verify.
     """
     from speechkd.students.ctc import ctc_model_config
     from speechkd_runtime.features import feature_dim, frame_rate_hz
@@ -348,7 +294,7 @@ def check_dynamic_axes(graph, onnx_path: Path, frontend: dict, tolerance: float)
     import onnxruntime as ort
 
     x, x_lens = _example_batch(frontend, [0.7, 3.1, 1.9], seed=1)
-    ref, ref_lens = _torch_log_probs(graph, x, x_lens)
+    ref, ref_lens = torch_log_probs(graph, x, x_lens)
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     lp, lens = sess.run(None, {INPUT_NAMES[0]: x, INPUT_NAMES[1]: x_lens})
     if not np.array_equal(lens, ref_lens):
@@ -359,65 +305,3 @@ def check_dynamic_axes(graph, onnx_path: Path, frontend: dict, tolerance: float)
         raise ExportError(f"{onnx_path}: ONNX and PyTorch log-probs differ by {diff:.3g} (> tolerance {tolerance}) "
                           f"on a batch of new shape; the graph is not faithful to the model")
     return diff
-
-
-# ------------------------------------------------------------------------------------------- entry point
-
-
-def is_whisper_student(path: str | os.PathLike) -> bool:
-    from speechkd.students import is_student_dir, read_student_file
-
-    return is_student_dir(path) and read_student_file(path)[0] == "whisper"
-
-
-def export_student(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                   config: ExportConfig = ExportConfig()) -> dict:
-    """`speechkd export`: export any saved student, verify when config.data is set; raises VerifyError on failure.
-
-    Returns {"config": ..., "report": verification report or None}.
-    """
-    config.validate()
-    if is_whisper_student(student_dir) and config.lm:
-        raise ExportError(f"{student_dir} is a Whisper student: --lm (a word n-gram for CTC beam search) does not "
-                          f"apply; drop it")
-    if is_whisper_student(student_dir):
-        from speechkd.onnx_export.whisper_onnx import export_whisper
-
-        written = Path(export_whisper(student_dir, out_dir, quantize=tuple(config.quantize)))
-        cfg_path = written / CONFIG_FILE
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {"out_dir": str(written)}
-        report = None
-        if config.data:  # a failure raises VerifyError; fp32 stays the runtime's default variant either way
-            from speechkd.onnx_export.verify import verify
-
-            report = verify(written, config.data, tolerance=config.tolerance, max_wer_increase=config.max_wer_increase,
-                            max_utterances=config.max_utterances, batch_size=config.batch_size,
-                            num_threads=config.num_threads)
-        return {"config": cfg, "report": report}
-    if Path(out_dir).resolve() == Path(student_dir).resolve():
-        raise ExportError("--out must differ from the student directory (its config.json would be overwritten)")
-    cfg = export_ctc(student_dir, out_dir, config)
-    report = None
-    if config.data:
-        from speechkd.onnx_export.verify import VerifyError, verify
-
-        try:
-            report = verify(out_dir, config.data, tolerance=config.tolerance, max_wer_increase=config.max_wer_increase,
-                            max_utterances=config.max_utterances, batch_size=config.batch_size,
-                            num_threads=config.num_threads)
-        except VerifyError as e:
-            _pick_default(out_dir, cfg, e.report)
-            raise
-        cfg = _pick_default(out_dir, cfg, report)
-    return {"config": cfg, "report": report}
-
-
-def _pick_default(out_dir: str | os.PathLike, cfg: dict, report: dict | None) -> dict:
-    """Make the runtime load the most accurate int8 model that passed verification (fp32 if none did)."""
-    passed = [(v["wer_vs_pytorch"], name) for name, v in (report or {}).get("variants", {}).items()
-              if name != "fp32" and v.get("passed")]
-    cfg = dict(cfg)
-    cfg["default_model"] = cfg["onnx"][min(passed)[1]] if passed else FP32_FILE
-    cfg["verified"] = bool(report and report.get("passed"))
-    atomic_write_json(Path(out_dir) / CONFIG_FILE, cfg)
-    return cfg

@@ -50,6 +50,7 @@ import numpy as np
 
 from speechkd.io import atomic_write_bytes
 from speechkd.errors import SpeechkdError
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def calibration_features(spec: str, frontend: dict, size: int, seed: int = 0) ->
     if len(utts) > size:
         pick = np.random.default_rng(seed).choice(len(utts), size=size, replace=False)
         utts = [utts[i] for i in sorted(pick)]
-    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", 16000)), max_duration_s=30.0)
+    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", SAMPLE_RATE_HZ)), max_duration_s=30.0)
     feats = [compute_features(frontend, audio) for _, audio in iter_audio(utts, cfg, SkipList(None, "calibration"))]
     feats = [f for f in feats if len(f) > 0]
     if not feats:

@@ -25,6 +25,8 @@ import numpy as np
 
 from speechkd.io import atomic_write_json
 from speechkd.errors import EXIT_CHECK_FAILED, SpeechkdError
+from speechkd.onnx_export.common import max_abs_diff, torch_log_probs
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def _load_features(data: str, frontend: dict, max_utterances: int | None) -> tup
     utts = open_data(data)
     if max_utterances is not None:
         utts = utts[:max_utterances]
-    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", 16000)))
+    cfg = AudioConfig(sample_rate=int(frontend.get("sample_rate", SAMPLE_RATE_HZ)))
     kept, feats = [], []
     for utt, audio in iter_audio(utts, cfg, SkipList(None, "verify")):
         kept.append(utt)
@@ -102,7 +104,6 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
            batch_size: int = 8, num_threads: int | None = None,
            report_path: str | os.PathLike | None = None) -> dict:
     """Verify every ONNX file of an export directory; returns the report or raises VerifyError (report saved)."""
-    from speechkd.onnx_export.ctc import _torch_log_probs, max_abs_diff
     from speechkd_runtime.ctc import CtcModel, pad_value_for, read_config
     from speechkd_runtime.features import pad_batch
 
@@ -127,7 +128,7 @@ def verify(model_dir: str | os.PathLike, data: str, *, model: Any = None, tolera
     ref_lp: dict[int, np.ndarray] = {}
     for idx in batches:
         x, lens = pad_batch([feats[i] for i in idx], pad)
-        for i, lp in zip(idx, _torch_log_probs(torch_model, x, lens)[0]):
+        for i, lp in zip(idx, torch_log_probs(torch_model, x, lens)[0]):
             ref_lp[i] = lp
     ids = sorted(ref_lp)
     variants = {name: file for name, file in config.get("onnx", {"fp32": "model.onnx"}).items()}
@@ -186,7 +187,8 @@ def verify_whisper(model_dir: Path, data: str, *, model: Any = None, tolerance: 
     except TeacherLoadError as e:
         raise VerifyError(f"cannot load the PyTorch model {source} to verify {model_dir} against: {e}", {}) from e
     utts = open_data(data)[:max_utterances] if max_utterances else open_data(data)
-    items = list(iter_audio(utts, AudioConfig(sample_rate=16000, max_duration_s=30.0), SkipList(None, "verify")))
+    audio_cfg = AudioConfig(sample_rate=SAMPLE_RATE_HZ, max_duration_s=30.0)
+    items = list(iter_audio(utts, audio_cfg, SkipList(None, "verify")))
     if not items:
         raise VerifyError(f"no usable audio in {data} to verify {model_dir} with", {})
     audios = [a for _, a in items]

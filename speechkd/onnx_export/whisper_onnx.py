@@ -36,16 +36,15 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from speechkd.onnx_export.ctc import ExportError  # one error class for every export, so the CLI reports them all
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
+from speechkd.onnx_export.common import ExportError  # one error class for every export, so the CLI reports them all
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +55,6 @@ INT8_SUFFIX = ".int8.onnx"
 INT8_ACTIVATION_SCALES = "per_row"  # config.json key the runtime reads: per-row int8 graphs batch like fp32
 TOKENS_FILE = "tokens.json"
 QUANTIZE_MODES = ("dynamic",)
-SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30
 
 
@@ -263,7 +261,8 @@ def quantize_graphs(out_dir: Path, files: dict[str, str]) -> dict[str, str]:
 
 def whisper_config(model, tokenizer, generation_config) -> dict:
     """config.json for the runtime: sizes, special tokens and the decoding rules HF generate applies."""
-    from speechkd.teachers.ct2 import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_TOKEN, TASK_TOKENS, special_token_ids
+    from speechkd.teachers.whisper_tokens import (EOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_TOKEN, TASK_TOKENS,
+                                                  special_token_ids)
 
     cfg = model.config
     vocab = tokenizer.get_vocab()
@@ -280,7 +279,7 @@ def whisper_config(model, tokenizer, generation_config) -> dict:
     return {
         "model_type": "whisper",
         "format_version": FORMAT_VERSION,
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": SAMPLE_RATE_HZ,
         "chunk_seconds": CHUNK_SECONDS,
         "n_mels": int(cfg.num_mel_bins),
         "n_audio_ctx": int(cfg.max_source_positions),
@@ -331,9 +330,7 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
         raise ExportError(f"quantize={list(quantize)}: unknown mode(s) {unknown}; choose from {list(QUANTIZE_MODES)}")
     model, processor, gen, _ = _load(student_dir)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         files = export_graphs(model, tmp)
         config = whisper_config(model, processor.tokenizer, gen)
         config["source_student_dir"] = os.fspath(student_dir)  # what `speechkd verify` compares against
@@ -342,12 +339,6 @@ def export_whisper(student_dir: str | os.PathLike, out_dir: str | os.PathLike,
             config["int8_activation_scales"] = INT8_ACTIVATION_SCALES
         atomic_write_json(tmp / TOKENS_FILE, token_table(processor.tokenizer, model.config.vocab_size))
         atomic_write_json(tmp / "config.json", config)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s (%s)", student_dir, out, ", ".join(config["files"]))
     return out
 

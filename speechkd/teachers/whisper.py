@@ -20,11 +20,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
-import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
@@ -32,21 +29,21 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
-from speechkd.io import atomic_write_json
+from speechkd.io import atomic_directory, atomic_write_json
 from speechkd.io import cache_dir as default_cache_dir
 from speechkd.teachers.bundled import (
     BUNDLED_PREFIX,
     BUNDLED_TEACHERS,
     CT2_MODEL_FILE,
     TeacherLoadError,
-    replace_dir,
     bundled_name,
     file_sha256,
     is_bundled_spec,
+    read_json,
     resolve_bundled,
 )
-from speechkd.teachers.ct2 import (
-    CACHE_KEY_HEX_CHARS,
+from speechkd.teachers.ct2 import CACHE_KEY_HEX_CHARS, convert_ct2_to_transformers
+from speechkd.teachers.whisper_tokens import (
     EOT_TOKEN,
     MULTILINGUAL_MIN_VOCAB,
     NO_TIMESTAMPS_TOKEN,
@@ -54,8 +51,8 @@ from speechkd.teachers.ct2 import (
     TASK_TOKENS,
     TOKENIZER_FILE,
     WHISPER_MAX_TARGET_TOKENS,
-    convert_ct2_to_transformers,
 )
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import (
     NO_SPEECH_TOKENS,
     Attempt,
@@ -68,7 +65,6 @@ from speechkd_runtime.guards import (
     limit_attempt,
 )
 
-SAMPLE_RATE_HZ = 16_000
 MAX_INPUT_SECONDS = 30.0  # one Whisper window; long-form (chunked) decoding is not implemented yet
 HF_CONFIG_FILE = "config.json"
 HF_WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
@@ -567,7 +563,7 @@ def _from_ct2(ct2_dir: Path, name: str, root: Path, common: dict) -> WhisperTeac
 
 
 def _from_hf(hf_dir: Path, name: str, revision: str, common: dict) -> WhisperTeacher:
-    config = _read_json(hf_dir / HF_CONFIG_FILE)
+    config = read_json(hf_dir / HF_CONFIG_FILE)
     if config.get("model_type") != "whisper":
         raise TeacherLoadError(
             f"{name}: config.json says model_type={config.get('model_type')!r}, not 'whisper'; "
@@ -617,20 +613,13 @@ def _weights_digest(hf_dir: Path, root: Path) -> str:
     return hashlib.sha256(joined.encode("ascii")).hexdigest()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise TeacherLoadError(f"cannot read {path} ({e}); is the model dir complete?") from e
-
-
 def _is_multilingual(hf_dir: Path) -> bool:
     gen_path = hf_dir / "generation_config.json"
     if gen_path.is_file():
-        flag = _read_json(gen_path).get("is_multilingual")
+        flag = read_json(gen_path).get("is_multilingual")
         if flag is not None:
             return bool(flag)
-    return int(_read_json(hf_dir / HF_CONFIG_FILE).get("vocab_size", 0)) >= MULTILINGUAL_MIN_VOCAB
+    return int(read_json(hf_dir / HF_CONFIG_FILE).get("vocab_size", 0)) >= MULTILINGUAL_MIN_VOCAB
 
 
 def _ensure_ct2_from_hf(hf_dir: Path, cache_root: Path | None) -> Path:
@@ -653,22 +642,20 @@ def convert_hf_to_ct2(hf_dir: Path, out: Path, quantization: str | None = None,
         from ctranslate2.converters import TransformersConverter
     except ImportError as e:
         raise TeacherLoadError("converting to CTranslate2 needs: pip install 'speechkd[ct2]'") from e
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        if not (hf_dir / TOKENIZER_FILE).is_file():
-            raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion; "
-                                   f"save the WhisperProcessor beside the model")
-        copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
-        TransformersConverter(str(hf_dir), copy_files=copy).convert(str(tmp), quantization=quantization, force=True)
-        if feature_extractor is not None and not (tmp / "preprocessor_config.json").is_file():
-            atomic_write_json(tmp / "preprocessor_config.json", feature_extractor)
-        atomic_write_json(tmp / CT2_CONVERSION_MARKER, {"source": str(hf_dir.resolve()), "quantization": quantization})
-        replace_dir(tmp, out)
+        with atomic_directory(out) as tmp:  # removes the temp dir on any error, replaces `out` on success
+            if not (hf_dir / TOKENIZER_FILE).is_file():
+                raise TeacherLoadError(f"{hf_dir} has no tokenizer.json to ship with its CTranslate2 conversion; "
+                                       f"save the WhisperProcessor beside the model")
+            copy = [f for f in CT2_FILES_TO_COPY if (hf_dir / f).is_file()]
+            converter = TransformersConverter(str(hf_dir), copy_files=copy)
+            converter.convert(str(tmp), quantization=quantization, force=True)
+            if feature_extractor is not None and not (tmp / "preprocessor_config.json").is_file():
+                atomic_write_json(tmp / "preprocessor_config.json", feature_extractor)
+            atomic_write_json(tmp / CT2_CONVERSION_MARKER,
+                              {"source": str(hf_dir.resolve()), "quantization": quantization})
     except TeacherLoadError:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     except Exception as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise TeacherLoadError(f"could not convert {hf_dir} to CTranslate2 ({type(e).__name__}: {e})") from e
     return out
