@@ -221,7 +221,21 @@ class FbankEncoderCTC(CTCModel):
     def output_lengths(self, in_lens: torch.Tensor) -> torch.Tensor:
         return Conv2dSubsampling.output_lengths(in_lens)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, lens = self.hidden_states(x, x_lens, [self.num_layers])
+        logits = self.head(hidden[self.num_layers])
+        return logits.float().log_softmax(dim=-1), lens
+
+    def hidden_states(self, x: torch.Tensor, x_lens: torch.Tensor, layers: list[int]):
+        """{layer: [B, T', d]} for layers in 0..num_layers (0: subsampled input, L: after the final norm)."""
         h = self.subsampling(x)
         lens = self.output_lengths(x_lens).to(torch.int64)
         t = h.shape[1]
@@ -232,10 +246,14 @@ class FbankEncoderCTC(CTCModel):
         else:
             h = h * math.sqrt(self.d_model) + sinusoidal_positions(t, self.d_model, h.device)
         h = self.input_dropout(h)
-        for block in self.blocks:
+        out = {0: h} if 0 in layers else {}
+        for i, block in enumerate(self.blocks, start=1):
             h = block(h, valid, rope)
-        logits = self.head(self.final_norm(h))
-        return logits.float().log_softmax(dim=-1), lens
+            if i in layers:
+                out[i] = self.final_norm(h) if i == self.num_layers else h
+            if i >= max(layers):
+                break  # layers above the deepest one asked for are not needed
+        return out, lens
 
 
 def build_conformer(cfg: ConformerCTCConfig, teacher=None, vocab=None) -> FbankEncoderCTC:

@@ -61,6 +61,48 @@ class CTCModel(nn.Module):
         n = num_input_frames(self.frontend, num_samples)
         return int(self.output_lengths(torch.tensor([n], dtype=torch.int64))[0])
 
+    # -- layers: the interface of the encoder teachers (speechkd.teachers.encoders), for layer-wise methods --
+
+    num_layers: int  # L: valid layer indices are 0..L (0 = the input of the first block, L = the final output)
+    hidden_size: int
+
+    @property
+    def frame_rate_hz(self) -> float:
+        """Output frames per second of audio (fbank students 25, Whisper-encoder and wav2vec2 students 50)."""
+        return frame_rate_hz(self.frontend) / self.subsampling_factor  # the runtime function: input frames/s
+
+    def hidden_states(self, x: torch.Tensor, x_lens: torch.Tensor, layers: list[int]):
+        """({layer: [B, T', hidden_size]}, out_lens) for non-negative `layers`; forward() is the CTC head on
+        layer L. Padded frames may hold anything (forward, and so the ONNX graph, does no extra masking)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, x_lens: torch.Tensor, layers: Sequence[int] | int | None = None):
+        """The chosen layers' hidden states with valid lengths and the frame rate, as an
+        :class:`~speechkd.teachers.encoders.EncoderOutput` (padded frames zeroed), with gradients."""
+        from speechkd.teachers.encoders import EncoderOutput
+
+        chosen = resolve_layer_indices(layers, self.num_layers, type(self).__name__)
+        hidden, lens = self.hidden_states(x, x_lens, chosen)
+        valid = length_mask(lens, next(iter(hidden.values())).shape[1])[:, :, None]
+        return EncoderOutput(hidden={i: hidden[i].masked_fill(~valid, 0.0) for i in chosen}, lengths=lens,
+                             frame_rate_hz=self.frame_rate_hz)
+
+
+def resolve_layer_indices(layers: Sequence[int] | int | None, num_layers: int, name: str) -> list[int]:
+    """Non-negative layer indices (-1 = num_layers; None = all), checked, in the order given, without repeats."""
+    if layers is None:
+        return list(range(num_layers + 1))
+    if isinstance(layers, int):
+        layers = [layers]
+    out: list[int] = []
+    for layer in layers:
+        if not -(num_layers + 1) <= int(layer) <= num_layers:
+            raise StudentError(f"{name}: layer {layer} is out of range; valid: 0..{num_layers} (0 = the input of the "
+                               f"first block) or -{num_layers + 1}..-1 from the end")
+        if int(layer) % (num_layers + 1) not in out:
+            out.append(int(layer) % (num_layers + 1))
+    return out
+
 
 def require_vocab(vocab: Any, student_type: str) -> Vocabulary:
     if vocab is None:

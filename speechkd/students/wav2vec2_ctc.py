@@ -81,10 +81,30 @@ class HFWaveformCTC(CTCModel):
     def extra_config(self) -> dict:
         return {"hf_config": self.hf.config.to_dict()}
 
+    @property
+    def num_layers(self) -> int:
+        return self.hf.config.num_hidden_layers
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf.config.hidden_size
+
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, lens = self.hidden_states(x, x_lens, [self.num_layers])
+        logits = self.hf.lm_head(self.hf.dropout(hidden[self.num_layers]))  # what *ForCTC.forward does
+        return logits.float().log_softmax(dim=-1), lens
+
+    def hidden_states(self, x: torch.Tensor, x_lens: torch.Tensor, layers: list[int]):
+        """{layer: [B, T', d]}: 0 is the feature projection fed to the transformer, L its final output
+        (last_hidden_state, after the final LayerNorm: the indexing of speechkd.teachers.encoders)."""
         mask = length_mask(x_lens, x.shape[1]).to(torch.int64)
-        logits = self.hf(input_values=x, attention_mask=mask).logits
-        return logits.float().log_softmax(dim=-1), self.output_lengths(x_lens).to(torch.int64)
+        base = getattr(self.hf, self.hf.base_model_prefix)
+        inner = [i for i in layers if i != self.num_layers]
+        out = base(input_values=x, attention_mask=mask, output_hidden_states=bool(inner))
+        hidden = {i: out.hidden_states[i] for i in inner}
+        if self.num_layers in layers:
+            hidden[self.num_layers] = out.last_hidden_state
+        return hidden, self.output_lengths(x_lens).to(torch.int64)
 
 
 def _hf_config(family: str, cfg: Wav2Vec2CTCConfig, vocab_size: int):

@@ -61,13 +61,22 @@ class WhisperEncoderCTC(CTCModel):
     def extra_config(self) -> dict:
         return {"whisper_encoder": {k: getattr(self.whisper_config, k) for k in _ENCODER_KEYS}}
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.encoder.layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.whisper_config.d_model
+
     def forward(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, lens = self.encode(x, x_lens)
-        logits = self.head(self.dropout(h))
+        hidden, lens = self.hidden_states(x, x_lens, [self.num_layers])
+        logits = self.head(self.dropout(hidden[self.num_layers]))
         return logits.float().log_softmax(dim=-1), lens
 
-    def encode(self, x: torch.Tensor, x_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output [B, T', d] (after the final LayerNorm) and its lengths."""
+    def hidden_states(self, x: torch.Tensor, x_lens: torch.Tensor, layers: list[int]):
+        """{layer: [B, T', d]}: 0 is the conv front end + positions, L the encoder output after its final LayerNorm
+        (the indexing of the Whisper encoder teacher, speechkd.teachers.encoders)."""
         enc = self.encoder
         feats = x.transpose(1, 2)  # [B, mels, T]
         in_valid = length_mask(x_lens, feats.shape[2])
@@ -79,9 +88,14 @@ class WhisperEncoderCTC(CTCModel):
         t = h.shape[1]
         h = h + enc.embed_positions.weight[:t]  # HF applies no embed_scale in the encoder
         valid = length_mask(lens, t)
-        for layer in enc.layers:
+        out = {0: h} if 0 in layers else {}
+        for i, layer in enumerate(enc.layers, start=1):
             h = self._layer(layer, h, valid)
-        return enc.layer_norm(h), lens
+            if i in layers:
+                out[i] = enc.layer_norm(h) if i == self.num_layers else h
+            if i >= max(layers):
+                break
+        return out, lens
 
     def _layer(self, layer, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         # WhisperEncoderLayer's computation written out with an explicit key-padding mask (the HF encoder
