@@ -13,8 +13,9 @@ import soundfile as sf
 import torch
 
 from speechkd.students import StudentError, build_student, load_student, save_student, student_recognizer
-from speechkd.students.ctc import CTCRecognizer, ctc_collapse, greedy_decode
+from speechkd.students.ctc import CTCRecognizer
 from speechkd.vocab import build_vocabulary
+from speechkd_runtime.ctc import greedy_ids
 from speechkd_runtime.features import compute_features, num_input_frames, pad_batch
 
 TINY = {
@@ -97,12 +98,16 @@ def test_missing_vocabulary_is_a_clear_error():
 
 def test_greedy_decoding_on_a_hand_made_matrix():
     # Frames' best labels: a a <b> a b b <b> | padding (after length 7) says c.
+    # Callers pass one utterance's frames, cut to its valid length (CTCRecognizer.log_probs, CtcModel).
     best = [1, 1, 0, 1, 2, 2, 0, 3, 3]
     log_probs = torch.full((1, len(best), 4), -10.0)
     log_probs[0, torch.arange(len(best)), torch.tensor(best)] = -0.01
-    assert greedy_decode(log_probs, torch.tensor([7])) == [[1, 1, 2]]
-    assert greedy_decode(log_probs.numpy(), [9]) == [[1, 1, 2, 3]]
-    assert ctc_collapse([0, 0, 0]) == [] and ctc_collapse([]) == []
+    lens = torch.tensor([7])
+    assert greedy_ids(log_probs[0, : int(lens[0])].cpu().numpy(), 0).tolist() == [1, 1, 2]
+    assert greedy_ids(log_probs[0].numpy(), 0).tolist() == [1, 1, 2, 3]
+    blanks = np.log(np.full((3, 4), 0.01))
+    blanks[:, 0] = 0.0
+    assert greedy_ids(blanks, 0).tolist() == [] and greedy_ids(np.zeros((0, 4)), 0).tolist() == []
 
 
 def test_whisper_encoder_ctc_starts_from_the_teacher(tiny_whisper_dir, vocab, tmp_path):

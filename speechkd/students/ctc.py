@@ -1,5 +1,5 @@
-"""What every CTC student shares: the model contract, decoding (greedy or LM beam search), the Recognizer,
-save/load, registration.
+"""What every CTC student shares: the model contract, the Recognizer (decoding with the on-device runtime's
+greedy or LM beam search, so PyTorch and ONNX transcripts come from the same code), save/load, registration.
 
 The contract (kept by every family, relied on by ONNX export and the on-device runtime):
 ``model(x, x_lens) -> (log_probs [B, T', V] float32 log-softmaxed, out_lens [B] int64)`` where x is
@@ -27,6 +27,7 @@ from speechkd.io import atomic_write_bytes, atomic_write_json
 from speechkd.students import StudentError, StudentType, register_student
 from speechkd.vocab import Vocabulary
 from speechkd_runtime.beam import BeamSearchOptions, CtcBeamSearch
+from speechkd_runtime.ctc import greedy_ids, ids_to_text
 from speechkd_runtime.features import compute_features, frame_rate_hz, num_input_frames, pad_batch, validate_frontend
 from speechkd_runtime.ngram import NgramLM
 
@@ -74,31 +75,6 @@ def require_vocab(vocab: Any, student_type: str) -> Vocabulary:
 def length_mask(lengths: torch.Tensor, max_len: int | torch.Tensor, device=None) -> torch.Tensor:
     """[B, max_len] bool, True on valid positions (tensor ops only: ONNX-exportable with dynamic shapes)."""
     return torch.arange(max_len, device=device or lengths.device)[None, :] < lengths[:, None]
-
-
-# --------------------------------------------------------------------------------------------- decoding
-
-
-def ctc_collapse(ids: Sequence[int] | np.ndarray, blank: int = 0) -> list[int]:
-    """Best path -> labels: merge repeats, then drop blanks."""
-    a = np.asarray(ids, dtype=np.int64)
-    if a.size == 0:
-        return []
-    keep = np.ones(a.shape, dtype=bool)
-    keep[1:] = a[1:] != a[:-1]
-    keep &= a != blank
-    return a[keep].tolist()
-
-
-def greedy_decode(log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray | Sequence[int],
-                  blank: int = 0) -> list[list[int]]:
-    """Greedy CTC over [B, T, V] scores with valid lengths [B]: argmax per frame, collapse, drop blanks."""
-    if isinstance(log_probs, torch.Tensor):
-        best = log_probs.argmax(-1).cpu().numpy()
-    else:
-        best = np.asarray(log_probs).argmax(-1)
-    lens = lengths.cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
-    return [ctc_collapse(best[b, : int(lens[b])], blank) for b in range(best.shape[0])]
 
 
 class CTCRecognizer:
@@ -163,8 +139,8 @@ class CTCRecognizer:
     def _transcribe_pieces(self, audios: list[np.ndarray]) -> list[str]:
         if self.beam_search is not None:
             return [self.beam_search.decode(lp) for lp in self.log_probs(audios)]
-        blank = self.model.vocab.blank_id
-        return [self.model.vocab.decode(ctc_collapse(lp.argmax(-1), blank)) for lp in self.log_probs(audios)]
+        vocab = self.model.vocab
+        return [ids_to_text(greedy_ids(lp, vocab.blank_id), vocab.tokens) for lp in self.log_probs(audios)]
 
     def num_parameters(self) -> int | None:
         from speechkd.metrics import count_parameters
