@@ -26,6 +26,7 @@ from torch import nn
 from speechkd.io import atomic_write_bytes, atomic_write_json
 from speechkd.students import StudentError, StudentType, register_student
 from speechkd.vocab import Vocabulary
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions, CtcBeamSearch
 from speechkd_runtime.ctc import greedy_ids, ids_to_text
 from speechkd_runtime.features import compute_features, frame_rate_hz, num_input_frames, pad_batch, validate_frontend
@@ -101,7 +102,7 @@ class CTCRecognizer:
         # Audio longer than the architecture allows is cut into pieces whose texts are joined.
         pieces, owner = [], []
         limit = self.model.max_input_seconds
-        step = int(limit * self.model.frontend.get("sample_rate", 16000)) if limit else None
+        step = int(limit * self.model.frontend.get("sample_rate", SAMPLE_RATE_HZ)) if limit else None
         for i, a in enumerate(audios):
             a = np.asarray(a, dtype=np.float32)
             chunks = [a[s: s + step] for s in range(0, len(a), step)] if step and len(a) > step else [a]
@@ -169,7 +170,7 @@ def ctc_model_config(model: CTCModel) -> dict:
         "vocab_kind": model.vocab.kind,
         "blank_id": model.vocab.blank_id,
         "frontend": dict(fe),
-        "sample_rate": int(fe.get("sample_rate", 16000)),
+        "sample_rate": int(fe.get("sample_rate", SAMPLE_RATE_HZ)),
         "subsampling_factor": int(model.subsampling_factor),
         "output_frame_rate_hz": frame_rate_hz(fe) / model.subsampling_factor,
         "max_input_seconds": model.max_input_seconds,

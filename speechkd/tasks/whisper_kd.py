@@ -31,10 +31,10 @@ from speechkd.config import from_dict
 from speechkd.data import AudioError, SkipList, decode, open_data
 from speechkd.losses import IGNORE_INDEX, distillation_loss, hidden_state_loss
 from speechkd.packing import WINDOW_SECONDS, Window, pack_windows
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 TIMESTAMP_SECONDS = 0.02  # Whisper's timestamp token resolution
 CACHE_DIR = "encoder_cache"
 
@@ -140,14 +140,14 @@ class WhisperKDTask:
                 continue
             u.text = text.strip()
             keep.append(u)
-            lengths.append(int(round(seconds * SAMPLE_RATE)))
+            lengths.append(int(round(seconds * SAMPLE_RATE_HZ)))
         if not keep:
             raise ValueError(f"{self.run.labels}: no usable training utterance (see {self.skips.path})")
         alone = [unit_hash(u.id) < self.cfg.single_clip_fraction for u in keep]
         windows = []
         for solo in (False, True):
             idx = [i for i, a in enumerate(alone) if a == solo]
-            part = pack_windows([lengths[i] for i in idx], [keep[i].id for i in idx], sample_rate=SAMPLE_RATE,
+            part = pack_windows([lengths[i] for i in idx], [keep[i].id for i in idx], sample_rate=SAMPLE_RATE_HZ,
                                 pack=self.cfg.pack and not solo, gap_seconds=self.cfg.gap_seconds,
                                 max_pieces=self.cfg.max_pieces)
             windows += [Window(tuple(replace(p, utt=idx[p.utt]) for p in w.pieces)) for w in part]
@@ -159,7 +159,7 @@ class WhisperKDTask:
         return len(self.windows)
 
     def item_length(self, i: int) -> float:
-        return self.windows[i].length / SAMPLE_RATE
+        return self.windows[i].length / SAMPLE_RATE_HZ
 
     def fingerprint(self) -> dict:
         ids = "\n".join(",".join(self.utts[p.utt].id for p in w.pieces) for w in self.windows)
@@ -168,8 +168,8 @@ class WhisperKDTask:
 
     def _window(self, i: int) -> tuple[np.ndarray, list[tuple[str, float, float]], str]:
         """Assemble window i from the audio that decodes; returns samples, (text, start_s, end_s) per clip, key."""
-        gap = int(self.cfg.gap_seconds * SAMPLE_RATE)
-        limit = int((WINDOW_SECONDS - 0.5) * SAMPLE_RATE)
+        gap = int(self.cfg.gap_seconds * SAMPLE_RATE_HZ)
+        limit = int((WINDOW_SECONDS - 0.5) * SAMPLE_RATE_HZ)
         parts, segments, offset, ids = [], [], 0, []
         for piece in self.windows[i].pieces:
             u = self.utts[piece.utt]
@@ -187,7 +187,7 @@ class WhisperKDTask:
                 parts.append(np.zeros(gap, np.float32))
                 offset += gap
             parts.append(audio)
-            segments.append((u.text, offset / SAMPLE_RATE, (offset + len(audio)) / SAMPLE_RATE))
+            segments.append((u.text, offset / SAMPLE_RATE_HZ, (offset + len(audio)) / SAMPLE_RATE_HZ))
             offset += len(audio)
             ids.append(u.id)
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
