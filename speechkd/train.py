@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from speechkd.config import save_config, to_dict
-from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl
+from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl, read_labels
 from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
@@ -269,17 +269,6 @@ def all_reduce_grads(params: list[torch.nn.Parameter], dist: Dist) -> None:
 # ------------------------------------------------------------------------------------------ the loop
 
 
-def read_labels(path: str | os.PathLike) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"labels file {p} does not exist; make it with `speechkd label` (and `speechkd filter`)")
-    records = list(read_jsonl(p))
-    if not records:
-        raise TrainingError(f"{p} holds no records: the training set is empty (after filtering?). Lower the filter's "
-                            f"threshold/keep-fraction, or label more audio, then train again")
-    return records
-
-
 def build_model(run: RunConfig, records: list[dict], method) -> torch.nn.Module:
     from speechkd.students import build_student, get_student_type, load_student
 
@@ -343,12 +332,12 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
         save_config(run, out / "config.yaml")
 
     method = method_module(run.method)
-    records = read_labels(run.labels)
     seed_step(cfg.seed, 0, 0, 0)  # model initialisation is seeded too
     try:
+        records = read_labels(run.labels)
         model = build_model(run, records, method)
         task = method.build(run, out, model)
-    except ValueError as e:  # incompatible student/teacher, bad method options, unusable data: before any work
+    except ValueError as e:  # unusable labels, incompatible student/teacher, bad method options: before any work
         raise TrainingError(str(e)) from e
     if task.num_items() < cfg.batch_size * dist.world:
         raise TrainingError(f"{run.labels}: {task.num_items()} training items is fewer than one batch per process "

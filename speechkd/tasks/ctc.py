@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from speechkd.config import ConfigError, from_dict, to_dict
+from speechkd.config import from_dict, to_dict
 from speechkd.data import AudioError, SkipList, load_audio, open_data
-from speechkd.io import atomic_write_json, read_jsonl
+from speechkd.io import atomic_write_json, read_labels
 from speechkd.losses import ctc_loss
 from speechkd.vocab import OOVStats, VocabConfig, VocabError, Vocabulary, build_vocabulary
 from speechkd_runtime.audio import SAMPLE_RATE_HZ
@@ -86,19 +86,6 @@ def parse_config(run: Any) -> Config:
 def frames_needed(ids: list[int]) -> int:
     """Minimum CTC output frames for a label: one per id plus a blank between equal neighbours."""
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
-
-
-def read_labels(path: str | Path) -> list[dict]:
-    """Label records, with relative audio paths resolved against the labels file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"labels file {path} does not exist; make it with `speechkd label`")
-    records = []
-    for r in read_jsonl(path):
-        if r.get("audio") and not Path(r["audio"]).is_absolute():
-            r = {**r, "audio": str(path.parent / r["audio"])}
-        records.append(r)
-    return records
 
 
 def make_vocab(run: Any, records: list[dict]) -> Vocabulary:
