@@ -1,9 +1,10 @@
 """The one training loop shared by every distillation method.
 
-Methods ("tasks", `speechkd.tasks`) say what a batch is and what its loss is; this module owns
-everything else: length-grouped batching, gradient accumulation, AdamW with warm-up + decay,
-multi-process data parallel (`torchrun`, gloo on CPU), non-finite-loss checks, periodic dev
-evaluation, atomic checkpoints and *exact* resume.
+Methods ("tasks", `speechkd.tasks`) say what a batch is, what its loss is and how the student transcribes;
+this module owns everything else: length-grouped batching, gradient accumulation, AdamW with warm-up +
+decay, multi-process data parallel (`torchrun`, gloo on CPU), non-finite-loss checks, periodic dev WER
+(the method's transcripts, scored here like `speechkd eval` scores them), atomic checkpoints and *exact*
+resume.
 
 Exact resume rests on two rules. (1) The batch plan is a pure function of (seed, epoch), so a
 resumed run knows which micro-batch comes next from the step count alone. (2) Every random draw of a
@@ -24,6 +25,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +106,9 @@ class RunConfig:
 class Task(Protocol):
     """What a distillation method provides to the loop (see speechkd.tasks)."""
 
+    dev_batch_size: int  # dev utterances per transcribe call
+    language: str | None  # of the transcripts: picks the normaliser applied before scoring dev WER
+
     def num_items(self) -> int: ...
 
     def item_length(self, i: int) -> float: ...
@@ -112,7 +117,7 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def transcribe(self, model: torch.nn.Module, audios: Sequence[np.ndarray]) -> list[str]: ...
 
     def fingerprint(self) -> dict: ...
 
@@ -382,6 +387,7 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
     model.train()
     t_start, running = time.perf_counter(), {}
     last_ckpt = ckpts[-1] if ckpts else None
+    dev = None  # the dev utterances, read at the first evaluation (by the main process, which scores them)
     while step < cfg.max_steps:
         optimizer.zero_grad(set_to_none=True)
         logs_sum: dict[str, float] = {}
@@ -430,8 +436,10 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             if metrics is not None:
                 metrics.write(row)
                 log.info("step %d: %s", step, {k: v for k, v in row.items() if k != "step"})
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            _evaluate(task, model, step, dist, metrics)
+        if run.dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+            if dev is None and dist.main:
+                dev = read_dev(run)
+            _evaluate(task, model, dev, step, dist, metrics, progress)
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             if dist.main:
                 state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
@@ -466,16 +474,47 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_jsonl(path, rows)
 
 
-def _evaluate(task, model, step: int, dist: Dist, metrics) -> None:
+def read_dev(run: RunConfig) -> list:
+    """The dev utterances (with references) scored during training: the first dev_max_utterances of run.dev."""
+    from speechkd.data import open_data
+
+    utts = open_data(run.dev, require_text=True)
+    return utts[: run.dev_max_utterances] if run.dev_max_utterances else utts
+
+
+def dev_scores(task: Task, model: torch.nn.Module, utterances: Sequence, *, progress: bool = False) -> dict[str, float]:
+    """dev_wer/dev_cer (%) of the task's transcripts of `utterances`, computed as `speechkd eval` computes WER
+    (speechkd.evaluate.evaluate): shortest first in batches of task.dev_batch_size, references and transcripts
+    normalised for task.language. The same batches as there, so the numbers match an eval of the checkpoint."""
+    from tqdm.auto import tqdm
+
+    from speechkd.data import iter_audio
+    from speechkd.metrics import score
+
+    items = list(iter_audio(utterances))
+    if not items:
+        raise ValueError(f"nothing to evaluate: all {len(utterances)} dev utterances were skipped (see the warnings)")
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    hyps: dict[int, str] = {}
+    with tqdm(total=len(items), desc="dev", unit="utt", leave=False, file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(order), task.dev_batch_size):
+            idx = order[start: start + task.dev_batch_size]
+            hyps.update(zip(idx, task.transcribe(model, [items[i][1] for i in idx])))
+            bar.update(len(idx))
+    result = score([u.text or "" for u, _ in items], [hyps[i] for i in range(len(items))], language=task.language,
+                   with_alignment=False)
+    return {"dev_wer": result.wer, "dev_cer": result.cer}
+
+
+def _evaluate(task, model, dev, step: int, dist: Dist, metrics, progress: bool) -> None:
     if dist.main:
         model.eval()
         try:
             with torch.inference_mode():
-                result = task.evaluate(model)
+                result = dev_scores(task, model, dev, progress=progress)
         finally:
             model.train()
-        if result:
-            log.info("step %d dev: %s", step, result)
-            if metrics is not None:
-                metrics.write({"step": step, **result})
+        log.info("step %d dev: %s", step, result)
+        if metrics is not None:
+            metrics.write({"step": step, **result})
     dist.barrier()

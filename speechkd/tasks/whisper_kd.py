@@ -22,7 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +78,7 @@ class WhisperKDTask:
         from speechkd.teachers import load_whisper
 
         self.cfg, self.run, self.run_dir = cfg, run, Path(run_dir)
+        self.dev_batch_size, self.language = cfg.dev_batch_size, cfg.language
         self.teacher = load_whisper(run.teacher)
         # Targets, prompts and features are the student's: they differ from the teacher's when the student
         # starts from another pretrained Whisper (an English-only tiny.en under a multilingual base).
@@ -115,7 +116,6 @@ class WhisperKDTask:
         prompt = self.student_io.prompt_ids(cfg.language if self.student_io.is_multilingual else None)
         self.prompt = prompt[:-1]  # without <|notimestamps|>, which is added per window
         self.max_target = model.config.max_target_positions
-        self._dev = None
         self._warned_truncation = False
         log.info("whisper_kd: %d windows from %d utterances; encoder %s; cache %s; %s", len(self.windows),
                  len(self.utts), "shared+frozen" if self.use_cache_for_student else ("frozen" if freeze else "trained"),
@@ -268,7 +268,7 @@ class WhisperKDTask:
             batch["input_features"] = torch.from_numpy(np.stack(students))
         return batch
 
-    # ------------------------------------------------------------------ loss and evaluation
+    # ------------------------------------------------------------------ loss and transcription
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         encoder_loss = None
         if "student_hidden" in batch:  # a frozen encoder's output, computed once per window
@@ -291,17 +291,10 @@ class WhisperKDTask:
             loss = loss + self.cfg.encoder_loss_weight * encoder_loss
         return loss, logs
 
-    def evaluate(self, model) -> dict[str, float]:
-        if not self.run.dev:
-            return {}
-        from speechkd.evaluate import evaluate
+    def transcribe(self, model, audios: Sequence[np.ndarray]) -> list[str]:
         from speechkd.students import student_recognizer
 
-        if self._dev is None:
-            self._dev = open_data(self.run.dev, require_text=True)[: self.run.dev_max_utterances]
-        rec = student_recognizer(model, batch_size=self.cfg.dev_batch_size, language=self.cfg.language)
-        result = evaluate(rec, self._dev, batch_size=self.cfg.dev_batch_size, language=self.cfg.language, warmup=False)
-        return {"dev_wer": result["wer"], "dev_cer": result["cer"]}
+        return student_recognizer(model, batch_size=self.cfg.dev_batch_size, language=self.cfg.language).transcribe(audios)
 
 
 def check_compatible(student, student_tokenizer, teacher, cfg: Config) -> bool:
