@@ -27,6 +27,7 @@ import random
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Sequence
@@ -313,7 +314,8 @@ def _check_resume(run_dir: Path, run: RunConfig) -> None:
 
 def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     """Train (or resume) a student; returns the folder of the final student (`<run_dir>/final`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from speechkd.runlog import setup_logging
     from speechkd.students import save_student
@@ -382,70 +384,73 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             plans[epoch] = rank_batches(batch_plan(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_group_batches), dist)
         return plans[epoch][j]
 
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run.method}", unit="step",
-               disable=None if (progress and dist.main) else True)
-    model.train()
-    t_start, running = time.perf_counter(), {}
-    last_ckpt = ckpts[-1] if ckpts else None
-    dev = None  # the dev utterances, read at the first evaluation (by the main process, which scores them)
-    while step < cfg.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        logs_sum: dict[str, float] = {}
-        ids: list[str] = []
-        for micro in range(cfg.grad_accum):
-            seed_step(cfg.seed, step, micro, dist.rank)
-            batch = task.collate(micro_batch(step * cfg.grad_accum + micro))
-            if batch is None:  # every item of this micro-batch was skipped (recorded in the skip list)
-                loss, logs = torch.zeros(()), {}
-            else:
-                ids += list(batch["ids"])
-                loss, logs = task.loss(model, batch)
-            finite = dist.mean(float(torch.isfinite(loss.detach()).all()))
-            if finite < 1.0:
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1} (micro-batch {micro}); batch ids {ids[:8]}; the last good "
-                    f"checkpoint is {last_ckpt or 'none yet'}. Hint: check these utterances' labels, or train again "
-                    f"into a new folder with a lower train.lr / more warmup_steps (the same folder only resumes the "
-                    f"same config)")
-            if loss.requires_grad:
-                (loss / cfg.grad_accum).backward()
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / cfg.grad_accum
-            logs_sum["loss"] = logs_sum.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-        all_reduce_grads(params, dist)
-        if cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
-                                    f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
-                                    f"lower train.lr")
-            logs_sum["grad_norm"] = grad_norm
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        for k, v in logs_sum.items():
-            running[k] = running.get(k, 0.0) + dist.mean(v)
-        running["_n"] = running.get("_n", 0) + 1
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            n = running.pop("_n")
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: round(v / n, 5) for k, v in running.items()},
-                   "elapsed_s": round(time.perf_counter() - t_start, 1)}
-            running = {}
-            bar.set_postfix(loss=row.get("loss"))
-            if metrics is not None:
-                metrics.write(row)
-                log.info("step %d: %s", step, {k: v for k, v in row.items() if k != "step"})
-        if run.dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-            if dev is None and dist.main:
-                dev = read_dev(run)
-            _evaluate(task, model, dev, step, dist, metrics, progress)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            if dist.main:
-                state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
-                last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
-            dist.barrier()
-    bar.close()
+    # Steps/s and the ETA are tqdm's own; the postfix shows the mean loss since the last log row. While the
+    # bar is up, console log lines are printed above it (the log file gets them unchanged).
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run.method}", unit="step", file=sys.stderr,
+               dynamic_ncols=True, disable=not (progress and dist.main))
+    with bar, (nullcontext() if bar.disable else logging_redirect_tqdm()):
+        model.train()
+        t_start, running = time.perf_counter(), {}
+        last_ckpt = ckpts[-1] if ckpts else None
+        dev = None  # the dev utterances, read at the first evaluation (by the main process, which scores them)
+        while step < cfg.max_steps:
+            optimizer.zero_grad(set_to_none=True)
+            logs_sum: dict[str, float] = {}
+            ids: list[str] = []
+            for micro in range(cfg.grad_accum):
+                seed_step(cfg.seed, step, micro, dist.rank)
+                batch = task.collate(micro_batch(step * cfg.grad_accum + micro))
+                if batch is None:  # every item of this micro-batch was skipped (recorded in the skip list)
+                    loss, logs = torch.zeros(()), {}
+                else:
+                    ids += list(batch["ids"])
+                    loss, logs = task.loss(model, batch)
+                finite = dist.mean(float(torch.isfinite(loss.detach()).all()))
+                if finite < 1.0:
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1} (micro-batch {micro}); batch ids {ids[:8]}; the last "
+                        f"good checkpoint is {last_ckpt or 'none yet'}. Hint: check these utterances' labels, or train "
+                        f"again into a new folder with a lower train.lr / more warmup_steps (the same folder only "
+                        f"resumes the same config)")
+                if loss.requires_grad:
+                    (loss / cfg.grad_accum).backward()
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + v / cfg.grad_accum
+                logs_sum["loss"] = logs_sum.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+            all_reduce_grads(params, dist)
+            if cfg.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
+                                        f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
+                                        f"lower train.lr")
+                logs_sum["grad_norm"] = grad_norm
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k, v in logs_sum.items():
+                running[k] = running.get(k, 0.0) + dist.mean(v)
+            running["_n"] = running.get("_n", 0) + 1
+            bar.set_postfix(loss=running["loss"] / running["_n"], lr=scheduler.get_last_lr()[0], refresh=False)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                n = running.pop("_n")
+                row = {"step": step, "lr": scheduler.get_last_lr()[0],
+                       **{k: round(v / n, 5) for k, v in running.items()},
+                       "elapsed_s": round(time.perf_counter() - t_start, 1)}
+                running = {}
+                if metrics is not None:
+                    metrics.write(row)
+                    log.info("step %d: %s", step, {k: v for k, v in row.items() if k != "step"})
+            if run.dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+                if dev is None and dist.main:
+                    dev = read_dev(run)
+                _evaluate(task, model, dev, step, dist, metrics, progress)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                if dist.main:
+                    state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
+                    last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+                dist.barrier()
     if metrics is not None:
         metrics.close()
     if dist.main:
@@ -486,7 +491,7 @@ def dev_scores(task: Task, model: torch.nn.Module, utterances: Sequence, *, prog
     """dev_wer/dev_cer (%) of the task's transcripts of `utterances`, computed as `speechkd eval` computes WER
     (speechkd.evaluate.evaluate): shortest first in batches of task.dev_batch_size, references and transcripts
     normalised for task.language. The same batches as there, so the numbers match an eval of the checkpoint."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from speechkd.data import iter_audio
     from speechkd.metrics import score

@@ -294,7 +294,8 @@ class WhisperKDTask:
     def transcribe(self, model, audios: Sequence[np.ndarray]) -> list[str]:
         from speechkd.students import student_recognizer
 
-        return student_recognizer(model, batch_size=self.cfg.dev_batch_size, language=self.cfg.language).transcribe(audios)
+        rec = student_recognizer(model, batch_size=self.cfg.dev_batch_size, language=self.cfg.language)
+        return rec.transcribe(audios)
 
 
 def check_compatible(student, student_tokenizer, teacher, cfg: Config) -> bool:
