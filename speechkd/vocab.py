@@ -152,7 +152,7 @@ class Vocabulary:
         return ids, dropped
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of (already CTC-collapsed) ids: join symbols, ▁ -> space; blanks are ignored."""
+        """Text of (already CTC-collapsed) ids as the on-device runtime writes it (ids_to_text); blanks are ignored."""
         return ids_to_text([i for i in ids if i != self.blank_id and 0 <= i < len(self.tokens)], self.tokens)
 
     # --- files ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from speechkd.students import StudentError, StudentType, register_student
 from speechkd.vocab import Vocabulary
 from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions, CtcBeamSearch
-from speechkd_runtime.ctc import greedy_ids, ids_to_text
+from speechkd_runtime.ctc import greedy_ids
 from speechkd_runtime.features import compute_features, frame_rate_hz, num_input_frames, pad_batch, validate_frontend
 from speechkd_runtime.ngram import NgramLM
 
@@ -141,7 +141,7 @@ class CTCRecognizer:
         if self.beam_search is not None:
             return [self.beam_search.decode(lp) for lp in self.log_probs(audios)]
         vocab = self.model.vocab
-        return [ids_to_text(greedy_ids(lp, vocab.blank_id), vocab.tokens) for lp in self.log_probs(audios)]
+        return [vocab.decode(greedy_ids(lp, vocab.blank_id)) for lp in self.log_probs(audios)]
 
     def num_parameters(self) -> int | None:
         from speechkd.metrics import count_parameters
