@@ -34,7 +34,8 @@ from typing import Iterable, Literal, Sequence
 
 from speechkd.io import atomic_write_json, atomic_write_text
 from speechkd.errors import SpeechkdError
-from speechkd_runtime.ctc import BLANK_SYMBOL as BLANK, SPACE, ids_to_text
+from speechkd_runtime.beam import SPACE, ids_to_text
+from speechkd_runtime.ctc import BLANK_SYMBOL as BLANK
 
 UNK = "<unk>"  # only inside the BPE trainer; never an output token
 TOKENS_FILE = "tokens.txt"
