@@ -32,10 +32,10 @@ import soxr
 
 from speechkd.errors import SpeechkdError
 from speechkd.io import JsonlWriter, read_jsonl
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 logger = logging.getLogger(__name__)
 
-TARGET_SAMPLE_RATE = 16_000  # Hz; what every teacher and student in the toolkit consumes
 RESAMPLE_QUALITY = "HQ"  # soxr preset; transparent for speech, far cheaper than "VHQ"
 # Half a 16-bit PCM step: a signal whose peak is below this stores as all zeros, i.e. digital silence.
 SILENCE_PEAK = 0.5 / 32768
@@ -101,7 +101,7 @@ class Utterance:
 
 @dataclass(frozen=True)
 class AudioConfig:
-    sample_rate: int = TARGET_SAMPLE_RATE
+    sample_rate: int = SAMPLE_RATE_HZ
     max_duration_s: float | None = None  # None: accept any length (labelling transcribes long audio completely)
     min_duration_s: float = 0.1
     mono: Literal["mean", "first", "error"] = "mean"  # what to do with multichannel audio

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from speechkd.teachers.whisper_tokens import EOT_TOKEN, NO_TIMESTAMPS_TOKEN, WHISPER_MAX_TARGET_TOKENS
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import (
     NO_SPEECH_TOKENS,
     RAW_GREEDY,
@@ -35,7 +36,6 @@ from speechkd_runtime.guards import (
     limit_attempt,
 )
 
-SAMPLE_RATE_HZ = 16_000
 FRAME_SECONDS = 0.02  # one encoder frame (two 10 ms mel hops)
 SAMPLES_PER_FRAME = int(SAMPLE_RATE_HZ * FRAME_SECONDS)
 MEDIAN_FILTER_WIDTH = 7  # smoothing of cross-attention before DTW, as in openai/whisper's timing.py

@@ -23,6 +23,7 @@ from speechkd.data import AudioConfig, SkipList, Utterance, iter_audio, open_dat
 from speechkd.io import atomic_write_json, write_jsonl
 from speechkd.lm import BeamSearchFields
 from speechkd.metrics import real_time_factor, score
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions
 from speechkd_runtime.ctc import read_config
 from speechkd_runtime.guards import WhisperGuards
@@ -136,7 +137,7 @@ class RuntimeRecognizer:
         self.name = f"{self.model_dir.name} [onnxruntime {label}]"
 
     def transcribe(self, audios: Sequence[np.ndarray]) -> list[str]:
-        return self.model.transcribe([np.asarray(a, dtype=np.float32) for a in audios], sample_rate=16000)
+        return self.model.transcribe([np.asarray(a, dtype=np.float32) for a in audios], sample_rate=SAMPLE_RATE_HZ)
 
     def num_parameters(self) -> int | None:
         return self.config.get("num_parameters")

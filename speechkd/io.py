@@ -1,4 +1,4 @@
-"""Crash-safe file writing shared by every stage.
+"""Crash-safe file writing, and the JSONL readers, shared by every stage.
 
 Two habits keep long jobs safe: whole files are written to a temporary sibling and renamed into
 place (a reader never sees half a file), and JSONL streams are appended one complete line at a time
@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from speechkd.errors import SpeechkdError
 
 
 def _default_mode() -> int:
@@ -170,6 +172,27 @@ def read_jsonl(path: str | os.PathLike, *, strict: bool = False) -> Iterator[dic
             if torn_tail and not strict:
                 return
             raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove that line") from e
+
+
+class LabelsError(SpeechkdError, ValueError):
+    """A labels file that cannot be trained on; the message says how to make a usable one."""
+
+
+def read_labels(path: str | os.PathLike) -> list[dict]:
+    """Records of a labels JSONL (`speechkd label` / `speechkd filter`), relative audio paths resolved against
+    the file's folder; a missing or empty file is an error (nothing to train on)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelsError(f"labels file {path} does not exist; make it with `speechkd label` (and `speechkd filter`)")
+    records = []
+    for r in read_jsonl(path):
+        if r.get("audio") and not Path(r["audio"]).is_absolute():
+            r = {**r, "audio": str(path.parent / r["audio"])}
+        records.append(r)
+    if not records:
+        raise LabelsError(f"{path} holds no records: the training set is empty (after filtering?). Lower the "
+                          f"filter's threshold/keep-fraction, or label more audio, then train again")
+    return records
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> Path:

@@ -27,12 +27,12 @@ from speechkd.config import save_config, to_dict
 from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, open_data
 from speechkd.io import JsonlWriter, OutputPaths, atomic_write_json, read_jsonl, write_jsonl
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import WhisperGuards, compression_ratio
 from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE_HZ = 16_000
 LABEL_FIELDS = ("text", "tokens", "avg_logprob", "mean_entropy", "no_speech_prob", "compression_ratio",
                 "n_tokens", "duration", "teacher", "language", "packed", "guard", "hypotheses", "reference")
 PACK_ROUNDS = 2  # packed decoding rounds before leftovers are decoded one by one

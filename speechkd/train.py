@@ -1,9 +1,10 @@
 """The one training loop shared by every distillation method.
 
-Methods ("tasks", `speechkd.tasks`) say what a batch is and what its loss is; this module owns
-everything else: length-grouped batching, gradient accumulation, AdamW with warm-up + decay,
-multi-process data parallel (`torchrun`, gloo on CPU), non-finite-loss checks, periodic dev
-evaluation, atomic checkpoints and *exact* resume.
+Methods ("tasks", `speechkd.tasks`) say what a batch is, what its loss is and how the student transcribes;
+this module owns everything else: length-grouped batching, gradient accumulation, AdamW with warm-up +
+decay, multi-process data parallel (`torchrun`, gloo on CPU), non-finite-loss checks, periodic dev WER
+(the method's transcripts, scored here like `speechkd eval` scores them), atomic checkpoints and *exact*
+resume.
 
 Exact resume rests on two rules. (1) The batch plan is a pure function of (seed, epoch), so a
 resumed run knows which micro-batch comes next from the step count alone. (2) Every random draw of a
@@ -24,7 +25,9 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, Sequence
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 
 from speechkd.config import save_config, to_dict
-from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl
+from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl, read_labels
 from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
@@ -104,6 +107,9 @@ class RunConfig:
 class Task(Protocol):
     """What a distillation method provides to the loop (see speechkd.tasks)."""
 
+    dev_batch_size: int  # dev utterances per transcribe call
+    language: str | None  # of the transcripts: picks the normaliser applied before scoring dev WER
+
     def num_items(self) -> int: ...
 
     def item_length(self, i: int) -> float: ...
@@ -112,7 +118,7 @@ class Task(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, float]: ...
+    def transcribe(self, model: torch.nn.Module, audios: Sequence[np.ndarray]) -> list[str]: ...
 
     def fingerprint(self) -> dict: ...
 
@@ -269,17 +275,6 @@ def all_reduce_grads(params: list[torch.nn.Parameter], dist: Dist) -> None:
 # ------------------------------------------------------------------------------------------ the loop
 
 
-def read_labels(path: str | os.PathLike) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"labels file {p} does not exist; make it with `speechkd label` (and `speechkd filter`)")
-    records = list(read_jsonl(p))
-    if not records:
-        raise TrainingError(f"{p} holds no records: the training set is empty (after filtering?). Lower the filter's "
-                            f"threshold/keep-fraction, or label more audio, then train again")
-    return records
-
-
 def build_model(run: RunConfig, records: list[dict], method) -> torch.nn.Module:
     from speechkd.students import build_student, get_student_type, load_student
 
@@ -319,7 +314,8 @@ def _check_resume(run_dir: Path, run: RunConfig) -> None:
 
 def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) -> Path:
     """Train (or resume) a student; returns the folder of the final student (`<run_dir>/final`)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from speechkd.runlog import setup_logging
     from speechkd.students import save_student
@@ -343,12 +339,12 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
         save_config(run, out / "config.yaml")
 
     method = method_module(run.method)
-    records = read_labels(run.labels)
     seed_step(cfg.seed, 0, 0, 0)  # model initialisation is seeded too
     try:
+        records = read_labels(run.labels)
         model = build_model(run, records, method)
         task = method.build(run, out, model)
-    except ValueError as e:  # incompatible student/teacher, bad method options, unusable data: before any work
+    except ValueError as e:  # unusable labels, incompatible student/teacher, bad method options: before any work
         raise TrainingError(str(e)) from e
     if task.num_items() < cfg.batch_size * dist.world:
         raise TrainingError(f"{run.labels}: {task.num_items()} training items is fewer than one batch per process "
@@ -388,67 +384,73 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             plans[epoch] = rank_batches(batch_plan(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_group_batches), dist)
         return plans[epoch][j]
 
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run.method}", unit="step",
-               disable=None if (progress and dist.main) else True)
-    model.train()
-    t_start, running = time.perf_counter(), {}
-    last_ckpt = ckpts[-1] if ckpts else None
-    while step < cfg.max_steps:
-        optimizer.zero_grad(set_to_none=True)
-        logs_sum: dict[str, float] = {}
-        ids: list[str] = []
-        for micro in range(cfg.grad_accum):
-            seed_step(cfg.seed, step, micro, dist.rank)
-            batch = task.collate(micro_batch(step * cfg.grad_accum + micro))
-            if batch is None:  # every item of this micro-batch was skipped (recorded in the skip list)
-                loss, logs = torch.zeros(()), {}
-            else:
-                ids += list(batch["ids"])
-                loss, logs = task.loss(model, batch)
-            finite = dist.mean(float(torch.isfinite(loss.detach()).all()))
-            if finite < 1.0:
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1} (micro-batch {micro}); batch ids {ids[:8]}; the last good "
-                    f"checkpoint is {last_ckpt or 'none yet'}. Hint: check these utterances' labels, or train again "
-                    f"into a new folder with a lower train.lr / more warmup_steps (the same folder only resumes the "
-                    f"same config)")
-            if loss.requires_grad:
-                (loss / cfg.grad_accum).backward()
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / cfg.grad_accum
-            logs_sum["loss"] = logs_sum.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
-        all_reduce_grads(params, dist)
-        if cfg.max_grad_norm > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
-                                    f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
-                                    f"lower train.lr")
-            logs_sum["grad_norm"] = grad_norm
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        for k, v in logs_sum.items():
-            running[k] = running.get(k, 0.0) + dist.mean(v)
-        running["_n"] = running.get("_n", 0) + 1
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            n = running.pop("_n")
-            row = {"step": step, "lr": scheduler.get_last_lr()[0], **{k: round(v / n, 5) for k, v in running.items()},
-                   "elapsed_s": round(time.perf_counter() - t_start, 1)}
-            running = {}
-            bar.set_postfix(loss=row.get("loss"))
-            if metrics is not None:
-                metrics.write(row)
-                log.info("step %d: %s", step, {k: v for k, v in row.items() if k != "step"})
-        if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-            _evaluate(task, model, step, dist, metrics)
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            if dist.main:
-                state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
-                last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
-            dist.barrier()
-    bar.close()
+    # Steps/s and the ETA are tqdm's own; the postfix shows the mean loss since the last log row. While the
+    # bar is up, console log lines are printed above it (the log file gets them unchanged).
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run.method}", unit="step", file=sys.stderr,
+               dynamic_ncols=True, disable=not (progress and dist.main))
+    with bar, (nullcontext() if bar.disable else logging_redirect_tqdm()):
+        model.train()
+        t_start, running = time.perf_counter(), {}
+        last_ckpt = ckpts[-1] if ckpts else None
+        dev = None  # the dev utterances, read at the first evaluation (by the main process, which scores them)
+        while step < cfg.max_steps:
+            optimizer.zero_grad(set_to_none=True)
+            logs_sum: dict[str, float] = {}
+            ids: list[str] = []
+            for micro in range(cfg.grad_accum):
+                seed_step(cfg.seed, step, micro, dist.rank)
+                batch = task.collate(micro_batch(step * cfg.grad_accum + micro))
+                if batch is None:  # every item of this micro-batch was skipped (recorded in the skip list)
+                    loss, logs = torch.zeros(()), {}
+                else:
+                    ids += list(batch["ids"])
+                    loss, logs = task.loss(model, batch)
+                finite = dist.mean(float(torch.isfinite(loss.detach()).all()))
+                if finite < 1.0:
+                    raise TrainingError(
+                        f"non-finite loss at step {step + 1} (micro-batch {micro}); batch ids {ids[:8]}; the last "
+                        f"good checkpoint is {last_ckpt or 'none yet'}. Hint: check these utterances' labels, or train "
+                        f"again into a new folder with a lower train.lr / more warmup_steps (the same folder only "
+                        f"resumes the same config)")
+                if loss.requires_grad:
+                    (loss / cfg.grad_accum).backward()
+                for k, v in logs.items():
+                    logs_sum[k] = logs_sum.get(k, 0.0) + v / cfg.grad_accum
+                logs_sum["loss"] = logs_sum.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
+            all_reduce_grads(params, dist)
+            if cfg.max_grad_norm > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                if not math.isfinite(grad_norm):
+                    raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
+                                        f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
+                                        f"lower train.lr")
+                logs_sum["grad_norm"] = grad_norm
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for k, v in logs_sum.items():
+                running[k] = running.get(k, 0.0) + dist.mean(v)
+            running["_n"] = running.get("_n", 0) + 1
+            bar.set_postfix(loss=running["loss"] / running["_n"], lr=scheduler.get_last_lr()[0], refresh=False)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                n = running.pop("_n")
+                row = {"step": step, "lr": scheduler.get_last_lr()[0],
+                       **{k: round(v / n, 5) for k, v in running.items()},
+                       "elapsed_s": round(time.perf_counter() - t_start, 1)}
+                running = {}
+                if metrics is not None:
+                    metrics.write(row)
+                    log.info("step %d: %s", step, {k: v for k, v in row.items() if k != "step"})
+            if run.dev and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+                if dev is None and dist.main:
+                    dev = read_dev(run)
+                _evaluate(task, model, dev, step, dist, metrics, progress)
+            if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
+                if dist.main:
+                    state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
+                    last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+                dist.barrier()
     if metrics is not None:
         metrics.close()
     if dist.main:
@@ -477,16 +479,47 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_jsonl(path, rows)
 
 
-def _evaluate(task, model, step: int, dist: Dist, metrics) -> None:
+def read_dev(run: RunConfig) -> list:
+    """The dev utterances (with references) scored during training: the first dev_max_utterances of run.dev."""
+    from speechkd.data import open_data
+
+    utts = open_data(run.dev, require_text=True)
+    return utts[: run.dev_max_utterances] if run.dev_max_utterances else utts
+
+
+def dev_scores(task: Task, model: torch.nn.Module, utterances: Sequence, *, progress: bool = False) -> dict[str, float]:
+    """dev_wer/dev_cer (%) of the task's transcripts of `utterances`, computed as `speechkd eval` computes WER
+    (speechkd.evaluate.evaluate): shortest first in batches of task.dev_batch_size, references and transcripts
+    normalised for task.language. The same batches as there, so the numbers match an eval of the checkpoint."""
+    from tqdm import tqdm
+
+    from speechkd.data import iter_audio
+    from speechkd.metrics import score
+
+    items = list(iter_audio(utterances))
+    if not items:
+        raise ValueError(f"nothing to evaluate: all {len(utterances)} dev utterances were skipped (see the warnings)")
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
+    hyps: dict[int, str] = {}
+    with tqdm(total=len(items), desc="dev", unit="utt", leave=False, file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(order), task.dev_batch_size):
+            idx = order[start: start + task.dev_batch_size]
+            hyps.update(zip(idx, task.transcribe(model, [items[i][1] for i in idx])))
+            bar.update(len(idx))
+    result = score([u.text or "" for u, _ in items], [hyps[i] for i in range(len(items))], language=task.language,
+                   with_alignment=False)
+    return {"dev_wer": result.wer, "dev_cer": result.cer}
+
+
+def _evaluate(task, model, dev, step: int, dist: Dist, metrics, progress: bool) -> None:
     if dist.main:
         model.eval()
         try:
             with torch.inference_mode():
-                result = task.evaluate(model)
+                result = dev_scores(task, model, dev, progress=progress)
         finally:
             model.train()
-        if result:
-            log.info("step %d dev: %s", step, result)
-            if metrics is not None:
-                metrics.write({"step": step, **result})
+        log.info("step %d dev: %s", step, result)
+        if metrics is not None:
+            metrics.write({"step": step, **result})
     dist.barrier()

@@ -34,9 +34,9 @@ from typing import Iterable, Literal, Sequence
 
 from speechkd.io import atomic_write_json, atomic_write_text
 from speechkd.errors import SpeechkdError
+from speechkd_runtime.beam import SPACE, ids_to_text
+from speechkd_runtime.ctc import BLANK_SYMBOL as BLANK
 
-BLANK = "<blk>"
-SPACE = "▁"
 UNK = "<unk>"  # only inside the BPE trainer; never an output token
 TOKENS_FILE = "tokens.txt"
 VOCAB_META_FILE = "vocab.json"
@@ -153,9 +153,8 @@ class Vocabulary:
         return ids, dropped
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of (already CTC-collapsed) ids: join symbols, ▁ -> space; blanks are ignored."""
-        text = "".join(self.tokens[i] for i in ids if i != self.blank_id and 0 <= i < len(self.tokens))
-        return " ".join(text.replace(SPACE, " ").split())
+        """Text of (already CTC-collapsed) ids as the on-device runtime writes it (ids_to_text); blanks are ignored."""
+        return ids_to_text([i for i in ids if i != self.blank_id and 0 <= i < len(self.tokens)], self.tokens)
 
     # --- files ------------------------------------------------------------------------------------
 

@@ -13,8 +13,9 @@ import soundfile as sf
 import torch
 
 from speechkd.students import StudentError, build_student, load_student, save_student, student_recognizer
-from speechkd.students.ctc import CTCRecognizer, ctc_collapse, greedy_decode
+from speechkd.students.ctc import CTCRecognizer
 from speechkd.vocab import build_vocabulary
+from speechkd_runtime.ctc import greedy_ids
 from speechkd_runtime.features import compute_features, num_input_frames, pad_batch
 
 TINY = {
@@ -97,12 +98,16 @@ def test_missing_vocabulary_is_a_clear_error():
 
 def test_greedy_decoding_on_a_hand_made_matrix():
     # Frames' best labels: a a <b> a b b <b> | padding (after length 7) says c.
+    # Callers pass one utterance's frames, cut to its valid length (CTCRecognizer.log_probs, CtcModel).
     best = [1, 1, 0, 1, 2, 2, 0, 3, 3]
     log_probs = torch.full((1, len(best), 4), -10.0)
     log_probs[0, torch.arange(len(best)), torch.tensor(best)] = -0.01
-    assert greedy_decode(log_probs, torch.tensor([7])) == [[1, 1, 2]]
-    assert greedy_decode(log_probs.numpy(), [9]) == [[1, 1, 2, 3]]
-    assert ctc_collapse([0, 0, 0]) == [] and ctc_collapse([]) == []
+    lens = torch.tensor([7])
+    assert greedy_ids(log_probs[0, : int(lens[0])].cpu().numpy(), 0).tolist() == [1, 1, 2]
+    assert greedy_ids(log_probs[0].numpy(), 0).tolist() == [1, 1, 2, 3]
+    blanks = np.log(np.full((3, 4), 0.01))
+    blanks[:, 0] = 0.0
+    assert greedy_ids(blanks, 0).tolist() == [] and greedy_ids(np.zeros((0, 4)), 0).tolist() == []
 
 
 def test_whisper_encoder_ctc_starts_from_the_teacher(tiny_whisper_dir, vocab, tmp_path):
@@ -155,18 +160,18 @@ def _labels(synth_corpus: Path, out: Path, split: str = "train", n: int | None =
     return path, records
 
 
-def _run_config(labels: Path, method_config: dict | None = None, dev: Path | None = None):
-    return SimpleNamespace(labels=str(labels), dev=str(dev) if dev else None, dev_max_utterances=None,
-                           method_config=method_config or {}, train=SimpleNamespace(seed=0))
+def _run_config(labels: Path, method_config: dict | None = None):
+    return SimpleNamespace(labels=str(labels), method_config=method_config or {}, train=SimpleNamespace(seed=0))
 
 
 def test_recognizer_runs_through_evaluate(synth_corpus, tmp_path):
     from speechkd.data import open_data
     from speechkd.evaluate import evaluate
     from speechkd.tasks import ctc
+    from speechkd.train import dev_scores
 
     labels, records = _labels(synth_corpus, tmp_path)
-    run = _run_config(labels, dev=synth_corpus / "dev.jsonl")
+    run = _run_config(labels)
     model = build_student("conformer_ctc", TINY["conformer_ctc"], vocab=ctc.make_vocab(run, records))
     saved = save_student(model, tmp_path / "student")
     dev = open_data(synth_corpus / "dev.jsonl", require_text=True)
@@ -174,10 +179,10 @@ def test_recognizer_runs_through_evaluate(synth_corpus, tmp_path):
     assert result["num_utterances"] == len(dev) and result["wer"] >= 0
     assert result["num_parameters"] == sum(p.numel() for p in model.parameters())
     assert result["size_bytes"] == (saved / "model.safetensors").stat().st_size
-    # The task's evaluate reports the same WER through the same path, and leaves train mode as it was.
+    # The training loop's dev WER (the task's transcripts, scored by the loop) is the same number.
     model.train()
     task = ctc.build(run, tmp_path / "run", model)
-    metrics = task.evaluate(model)
+    metrics = dev_scores(task, model, dev)
     assert metrics["dev_wer"] == pytest.approx(result["wer"]) and model.training
 
 

@@ -13,7 +13,6 @@ import soundfile as sf
 
 from speechkd.config import ConfigError, load_config
 from speechkd.data import (
-    TARGET_SAMPLE_RATE,
     AudioConfig,
     AudioError,
     DataError,
@@ -27,8 +26,9 @@ from speechkd.data import (
     read_hf_dataset,
     read_manifest,
 )
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
-SR = TARGET_SAMPLE_RATE
+SR = SAMPLE_RATE_HZ
 
 
 def tone(freq=440.0, sr=SR, seconds=0.5, amp=0.3, channels=1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,19 @@ def test_whisper_kd_trains_saves_and_reloads(kd_labels, tiny_whisper_dir, tmp_pa
     # The frozen shared encoder's output was cached once per window and reused.
     cache = list((tmp_path / "run" / "encoder_cache").glob("*.npy"))
     assert 0 < len(cache) <= 8  # 4 steps x 2 windows, fewer when an epoch revisits windows
+
+
+def test_progress_is_a_tqdm_bar_on_stderr_beside_the_log_lines(kd_labels, tiny_whisper_dir, tmp_path, capsys):
+    run = kd_run(kd_labels, tiny_whisper_dir, max_steps=2, save_every=0)
+    train(run, tmp_path / "shown", progress=True)
+    err = capsys.readouterr().err
+    bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("train whisper_kd:")]
+    assert bar and "2/2" in bar[-1] and re.search(r"<[0-9:]+, +[0-9.]+(step/s|s/step), loss=[0-9.]+, lr=", bar[-1])
+    logged = (tmp_path / "shown" / "log" / "train.log").read_text()
+    assert "step 2: {" in logged and "step 2: {" in err  # the log lines still reach both
+    train(run, tmp_path / "quiet", progress=False)
+    err = capsys.readouterr().err
+    assert "train whisper_kd:" not in err and "step 2: {" in err
 
 
 def test_whisper_kd_trains_a_share_of_clips_alone_and_the_rest_packed(kd_labels, tiny_whisper_dir, tmp_path):

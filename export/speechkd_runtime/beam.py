@@ -26,7 +26,7 @@ import numpy as np
 
 from .ngram import EOS, NgramLM
 
-SPACE = "▁"
+SPACE = "▁"  # the word-start mark of tokens.txt symbols (a space of its own in character vocabularies)
 NEG_INF = float("-inf")
 
 
@@ -178,5 +178,10 @@ class CtcBeamSearch:
         return ids[::-1]
 
     def decode(self, log_probs: np.ndarray) -> str:
-        text = "".join(self.tokens[i] for i in self.decode_ids(log_probs)).replace(SPACE, " ")
-        return " ".join(text.split())
+        return ids_to_text(self.decode_ids(log_probs), self.tokens)
+
+
+def ids_to_text(ids: Sequence[int], tokens: Sequence[str]) -> str:
+    """Concatenate symbols ("▁" is a space) and tidy whitespace — what sherpa-onnx prints, stripped."""
+    text = "".join(tokens[int(i)] for i in ids).replace(SPACE, " ")
+    return " ".join(text.split())

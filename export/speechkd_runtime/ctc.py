@@ -37,13 +37,12 @@ from typing import Sequence
 import numpy as np
 
 from .audio import load_audio, to_model_rate
-from .beam import BeamSearchOptions, CtcBeamSearch
+from .beam import BeamSearchOptions, CtcBeamSearch, ids_to_text
 from .features import compute_features, num_input_frames, pad_batch
 from .errors import RuntimeInputError
 
 CONFIG_FILE = "config.json"
 TOKENS_FILE = "tokens.txt"
-SPACE = "▁"
 BLANK_SYMBOL = "<blk>"  # what sherpa-onnx looks for in tokens.txt to find the blank id
 # Padding for fbank batches: log(1e-10), the value kaldi/sherpa-onnx pad log-mel features with, so a batch
 # decoded here and one decoded by sherpa-onnx see identical inputs. Other frontends pad with zeros.
@@ -119,12 +118,6 @@ def greedy_ids(log_probs: np.ndarray, blank_id: int) -> np.ndarray:
     keep[1:] = best[1:] != best[:-1]
     best = best[keep]
     return best[best != blank_id]
-
-
-def ids_to_text(ids: Sequence[int], tokens: Sequence[str]) -> str:
-    """Concatenate symbols ("▁" is a space) and tidy whitespace — what sherpa-onnx prints, stripped."""
-    text = "".join(tokens[int(i)] for i in ids).replace(SPACE, " ")
-    return " ".join(text.split())
 
 
 def pad_value_for(frontend: dict) -> float:

@@ -119,11 +119,3 @@ class NgramLM:
         nxt = (history + (w,))[-keep:] if keep > 0 else ()
         self._cache[key] = (logp, nxt)
         return logp, nxt
-
-    def sentence_logp(self, words: list[str]) -> float:
-        """ln P of a whole sentence, end of sentence included."""
-        state, total = self.start(), 0.0
-        for w in [*words, EOS]:
-            lp, state = self.score(state, w)
-            total += lp
-        return total

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .audio import load_audio, to_model_rate
+from .audio import SAMPLE_RATE_HZ, load_audio, to_model_rate
 from .ctc import ModelDirError, plan_chunks, read_config, session_options
 from .features import whisper_log_mel
 from .guards import (
@@ -117,7 +117,7 @@ class WhisperModel:
                                   or self.config.get("int8_activation_scales") == "per_row")
         self.default_batch_size = 8 if self.batch_independent else 1
         self._decoder_inputs = {i.name for i in self.decoder.get_inputs()}
-        self.sample_rate = int(self.config.get("sample_rate", 16000))
+        self.sample_rate = int(self.config.get("sample_rate", SAMPLE_RATE_HZ))
         self.chunk_seconds = float(self.config.get("chunk_seconds", 30))
         self.n_mels = int(self.config["n_mels"])
         self.eot = int(self.config["eot"])

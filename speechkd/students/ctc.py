@@ -1,5 +1,5 @@
-"""What every CTC student shares: the model contract, decoding (greedy or LM beam search), the Recognizer,
-save/load, registration.
+"""What every CTC student shares: the model contract, the Recognizer (decoding with the on-device runtime's
+greedy or LM beam search, so PyTorch and ONNX transcripts come from the same code), save/load, registration.
 
 The contract (kept by every family, relied on by ONNX export and the on-device runtime):
 ``model(x, x_lens) -> (log_probs [B, T', V] float32 log-softmaxed, out_lens [B] int64)`` where x is
@@ -26,7 +26,9 @@ from torch import nn
 from speechkd.io import atomic_write_bytes, atomic_write_json
 from speechkd.students import StudentError, StudentType, register_student
 from speechkd.vocab import Vocabulary
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.beam import BeamSearchOptions, CtcBeamSearch
+from speechkd_runtime.ctc import greedy_ids
 from speechkd_runtime.features import compute_features, frame_rate_hz, num_input_frames, pad_batch, validate_frontend
 from speechkd_runtime.ngram import NgramLM
 
@@ -118,31 +120,6 @@ def length_mask(lengths: torch.Tensor, max_len: int | torch.Tensor, device=None)
     return torch.arange(max_len, device=device or lengths.device)[None, :] < lengths[:, None]
 
 
-# --------------------------------------------------------------------------------------------- decoding
-
-
-def ctc_collapse(ids: Sequence[int] | np.ndarray, blank: int = 0) -> list[int]:
-    """Best path -> labels: merge repeats, then drop blanks."""
-    a = np.asarray(ids, dtype=np.int64)
-    if a.size == 0:
-        return []
-    keep = np.ones(a.shape, dtype=bool)
-    keep[1:] = a[1:] != a[:-1]
-    keep &= a != blank
-    return a[keep].tolist()
-
-
-def greedy_decode(log_probs: torch.Tensor | np.ndarray, lengths: torch.Tensor | np.ndarray | Sequence[int],
-                  blank: int = 0) -> list[list[int]]:
-    """Greedy CTC over [B, T, V] scores with valid lengths [B]: argmax per frame, collapse, drop blanks."""
-    if isinstance(log_probs, torch.Tensor):
-        best = log_probs.argmax(-1).cpu().numpy()
-    else:
-        best = np.asarray(log_probs).argmax(-1)
-    lens = lengths.cpu().numpy() if isinstance(lengths, torch.Tensor) else np.asarray(lengths)
-    return [ctc_collapse(best[b, : int(lens[b])], blank) for b in range(best.shape[0])]
-
-
 class CTCRecognizer:
     """A CTC student behind the speechkd.evaluate Recognizer protocol (features -> batch -> CTC decoding).
 
@@ -167,7 +144,7 @@ class CTCRecognizer:
         # Audio longer than the architecture allows is cut into pieces whose texts are joined.
         pieces, owner = [], []
         limit = self.model.max_input_seconds
-        step = int(limit * self.model.frontend.get("sample_rate", 16000)) if limit else None
+        step = int(limit * self.model.frontend.get("sample_rate", SAMPLE_RATE_HZ)) if limit else None
         for i, a in enumerate(audios):
             a = np.asarray(a, dtype=np.float32)
             chunks = [a[s: s + step] for s in range(0, len(a), step)] if step and len(a) > step else [a]
@@ -205,8 +182,8 @@ class CTCRecognizer:
     def _transcribe_pieces(self, audios: list[np.ndarray]) -> list[str]:
         if self.beam_search is not None:
             return [self.beam_search.decode(lp) for lp in self.log_probs(audios)]
-        blank = self.model.vocab.blank_id
-        return [self.model.vocab.decode(ctc_collapse(lp.argmax(-1), blank)) for lp in self.log_probs(audios)]
+        vocab = self.model.vocab
+        return [vocab.decode(greedy_ids(lp, vocab.blank_id)) for lp in self.log_probs(audios)]
 
     def num_parameters(self) -> int | None:
         from speechkd.metrics import count_parameters
@@ -235,7 +212,7 @@ def ctc_model_config(model: CTCModel) -> dict:
         "vocab_kind": model.vocab.kind,
         "blank_id": model.vocab.blank_id,
         "frontend": dict(fe),
-        "sample_rate": int(fe.get("sample_rate", 16000)),
+        "sample_rate": int(fe.get("sample_rate", SAMPLE_RATE_HZ)),
         "subsampling_factor": int(model.subsampling_factor),
         "output_frame_rate_hz": frame_rate_hz(fe) / model.subsampling_factor,
         "max_input_seconds": model.max_input_seconds,

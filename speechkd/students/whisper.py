@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from speechkd.students import StudentError, StudentType, is_student_dir, load_student, register_student
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import RAW_GREEDY, WhisperGuards
 
 log = logging.getLogger(__name__)
@@ -424,7 +425,7 @@ def compare_speculative(teacher: Any, student: Any, audios: Sequence[np.ndarray]
     greedy = WhisperModelRecognizer(teacher.model, teacher.processor, name=teacher.name, batch_size=1,
                                     guards=RAW_GREEDY)
     alone = WhisperModelRecognizer(student_model, teacher.processor, name="student", batch_size=1, guards=RAW_GREEDY)
-    warm = [np.zeros(16_000, dtype=np.float32)]
+    warm = [np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)]
     results, seconds = {}, {}
     for key, rec in (("teacher", greedy), ("speculative", spec), ("student", alone)):
         rec.transcribe(warm)

@@ -26,14 +26,14 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from speechkd.config import ConfigError, from_dict, to_dict
-from speechkd.data import AudioError, SkipList, load_audio, open_data
-from speechkd.io import atomic_write_json, read_jsonl
+from speechkd.config import from_dict, to_dict
+from speechkd.data import AudioError, SkipList, load_audio
+from speechkd.io import atomic_write_json, read_labels
 from speechkd.losses import ctc_loss
 from speechkd.vocab import OOVStats, VocabConfig, VocabError, Vocabulary, build_vocabulary
 from speechkd_runtime.audio import SAMPLE_RATE_HZ
@@ -88,19 +88,6 @@ def frames_needed(ids: list[int]) -> int:
     return len(ids) + sum(1 for a, b in zip(ids, ids[1:]) if a == b)
 
 
-def read_labels(path: str | Path) -> list[dict]:
-    """Label records, with relative audio paths resolved against the labels file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"labels file {path} does not exist; make it with `speechkd label`")
-    records = []
-    for r in read_jsonl(path):
-        if r.get("audio") and not Path(r["audio"]).is_absolute():
-            r = {**r, "audio": str(path.parent / r["audio"])}
-        records.append(r)
-    return records
-
-
 def make_vocab(run: Any, records: list[dict]) -> Vocabulary:
     """The student's vocabulary, built from the training labels (cfg.text_field) as cfg.vocab says."""
     cfg = parse_config(run)
@@ -120,6 +107,10 @@ class _Item:
 
 
 class CTCTask:
+    # Dev WER normalises like `speechkd eval` does for a CTC student by default (English): Config has no
+    # language option, and the dev numbers should match an eval of the saved student.
+    language = "en"
+
     def __init__(self, run: Any, run_dir: Path, model, records: list[dict] | None = None):
         self.run = run
         self.run_dir = Path(run_dir)
@@ -131,7 +122,7 @@ class CTCTask:
         train = getattr(run, "train", None)
         self.seed = int(getattr(train, "seed", 0) or 0)
         self.skips = SkipList(self.run_dir / "skipped.jsonl", stage="train")
-        self._dev_utts = None
+        self.dev_batch_size = self.cfg.eval_batch_size
         if records is None:
             records = read_labels(run.labels)
         self.items, report = self._prepare(records, core)
@@ -237,21 +228,10 @@ class CTCTask:
         loss = ctc_loss(log_probs, out_lens, batch["targets"], batch["target_lens"], blank=self.vocab.blank_id)
         return loss, {"ctc": float(loss.detach())}
 
-    def evaluate(self, model) -> dict[str, float]:
-        dev = getattr(self.run, "dev", None)
-        if not dev:
-            return {}
-        from speechkd.evaluate import evaluate
+    def transcribe(self, model, audios: Sequence[np.ndarray]) -> list[str]:
         from speechkd.students.ctc import CTCRecognizer
 
-        if self._dev_utts is None:
-            utts = open_data(dev, require_text=True)
-            limit = getattr(self.run, "dev_max_utterances", None)
-            self._dev_utts = utts[:limit] if limit else utts
-        core = getattr(model, "module", model)
-        rec = CTCRecognizer(core, batch_size=self.cfg.eval_batch_size)
-        res = evaluate(rec, self._dev_utts, batch_size=self.cfg.eval_batch_size, warmup=False)
-        return {"dev_wer": float(res["wer"]), "dev_cer": float(res["cer"])}
+        return CTCRecognizer(getattr(model, "module", model), batch_size=self.cfg.eval_batch_size).transcribe(audios)
 
     def fingerprint(self) -> dict:
         digest = hashlib.sha256()

@@ -22,7 +22,7 @@ import hashlib
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +31,10 @@ from speechkd.config import from_dict
 from speechkd.data import AudioError, SkipList, decode, open_data
 from speechkd.losses import IGNORE_INDEX, distillation_loss, hidden_state_loss
 from speechkd.packing import WINDOW_SECONDS, Window, pack_windows
+from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 TIMESTAMP_SECONDS = 0.02  # Whisper's timestamp token resolution
 CACHE_DIR = "encoder_cache"
 
@@ -78,6 +78,7 @@ class WhisperKDTask:
         from speechkd.teachers import load_whisper
 
         self.cfg, self.run, self.run_dir = cfg, run, Path(run_dir)
+        self.dev_batch_size, self.language = cfg.dev_batch_size, cfg.language
         self.teacher = load_whisper(run.teacher)
         # Targets, prompts and features are the student's: they differ from the teacher's when the student
         # starts from another pretrained Whisper (an English-only tiny.en under a multilingual base).
@@ -115,7 +116,6 @@ class WhisperKDTask:
         prompt = self.student_io.prompt_ids(cfg.language if self.student_io.is_multilingual else None)
         self.prompt = prompt[:-1]  # without <|notimestamps|>, which is added per window
         self.max_target = model.config.max_target_positions
-        self._dev = None
         self._warned_truncation = False
         log.info("whisper_kd: %d windows from %d utterances; encoder %s; cache %s; %s", len(self.windows),
                  len(self.utts), "shared+frozen" if self.use_cache_for_student else ("frozen" if freeze else "trained"),
@@ -140,14 +140,14 @@ class WhisperKDTask:
                 continue
             u.text = text.strip()
             keep.append(u)
-            lengths.append(int(round(seconds * SAMPLE_RATE)))
+            lengths.append(int(round(seconds * SAMPLE_RATE_HZ)))
         if not keep:
             raise ValueError(f"{self.run.labels}: no usable training utterance (see {self.skips.path})")
         alone = [unit_hash(u.id) < self.cfg.single_clip_fraction for u in keep]
         windows = []
         for solo in (False, True):
             idx = [i for i, a in enumerate(alone) if a == solo]
-            part = pack_windows([lengths[i] for i in idx], [keep[i].id for i in idx], sample_rate=SAMPLE_RATE,
+            part = pack_windows([lengths[i] for i in idx], [keep[i].id for i in idx], sample_rate=SAMPLE_RATE_HZ,
                                 pack=self.cfg.pack and not solo, gap_seconds=self.cfg.gap_seconds,
                                 max_pieces=self.cfg.max_pieces)
             windows += [Window(tuple(replace(p, utt=idx[p.utt]) for p in w.pieces)) for w in part]
@@ -159,7 +159,7 @@ class WhisperKDTask:
         return len(self.windows)
 
     def item_length(self, i: int) -> float:
-        return self.windows[i].length / SAMPLE_RATE
+        return self.windows[i].length / SAMPLE_RATE_HZ
 
     def fingerprint(self) -> dict:
         ids = "\n".join(",".join(self.utts[p.utt].id for p in w.pieces) for w in self.windows)
@@ -168,8 +168,8 @@ class WhisperKDTask:
 
     def _window(self, i: int) -> tuple[np.ndarray, list[tuple[str, float, float]], str]:
         """Assemble window i from the audio that decodes; returns samples, (text, start_s, end_s) per clip, key."""
-        gap = int(self.cfg.gap_seconds * SAMPLE_RATE)
-        limit = int((WINDOW_SECONDS - 0.5) * SAMPLE_RATE)
+        gap = int(self.cfg.gap_seconds * SAMPLE_RATE_HZ)
+        limit = int((WINDOW_SECONDS - 0.5) * SAMPLE_RATE_HZ)
         parts, segments, offset, ids = [], [], 0, []
         for piece in self.windows[i].pieces:
             u = self.utts[piece.utt]
@@ -187,7 +187,7 @@ class WhisperKDTask:
                 parts.append(np.zeros(gap, np.float32))
                 offset += gap
             parts.append(audio)
-            segments.append((u.text, offset / SAMPLE_RATE, (offset + len(audio)) / SAMPLE_RATE))
+            segments.append((u.text, offset / SAMPLE_RATE_HZ, (offset + len(audio)) / SAMPLE_RATE_HZ))
             offset += len(audio)
             ids.append(u.id)
         samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
@@ -268,7 +268,7 @@ class WhisperKDTask:
             batch["input_features"] = torch.from_numpy(np.stack(students))
         return batch
 
-    # ------------------------------------------------------------------ loss and evaluation
+    # ------------------------------------------------------------------ loss and transcription
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         encoder_loss = None
         if "student_hidden" in batch:  # a frozen encoder's output, computed once per window
@@ -291,17 +291,11 @@ class WhisperKDTask:
             loss = loss + self.cfg.encoder_loss_weight * encoder_loss
         return loss, logs
 
-    def evaluate(self, model) -> dict[str, float]:
-        if not self.run.dev:
-            return {}
-        from speechkd.evaluate import evaluate
+    def transcribe(self, model, audios: Sequence[np.ndarray]) -> list[str]:
         from speechkd.students import student_recognizer
 
-        if self._dev is None:
-            self._dev = open_data(self.run.dev, require_text=True)[: self.run.dev_max_utterances]
         rec = student_recognizer(model, batch_size=self.cfg.dev_batch_size, language=self.cfg.language)
-        result = evaluate(rec, self._dev, batch_size=self.cfg.dev_batch_size, language=self.cfg.language, warmup=False)
-        return {"dev_wer": result["wer"], "dev_cer": result["cer"]}
+        return rec.transcribe(audios)
 
 
 def check_compatible(student, student_tokenizer, teacher, cfg: Config) -> bool:
