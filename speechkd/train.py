@@ -1,16 +1,21 @@
 """The one training loop shared by every distillation method.
 
-Methods ("tasks", `speechkd.tasks`) say what a batch is, what its loss is and how the student transcribes;
-this module owns everything else: length-grouped batching, gradient accumulation, AdamW with warm-up +
-decay, multi-process data parallel (`torchrun`, gloo on CPU), non-finite-loss checks, periodic dev WER
-(the method's transcripts, scored here like `speechkd eval` scores them), atomic checkpoints and *exact*
-resume.
+Methods ("tasks", `speechkd.tasks`) say what a batch is, what its loss is and how the student transcribes,
+and may own trainable modules of their own (prediction heads, auxiliary decoders); this module owns
+everything else: length-grouped batching (prepared in worker processes with `num_workers`), gradient
+accumulation, AdamW with warm-up + decay over the student and the method's modules, the device and mixed
+precision (speechkd.devices), multi-process data parallel (`torchrun`: gloo on CPU, NCCL on GPUs),
+non-finite-loss checks, periodic dev WER (the method's transcripts, scored here like `speechkd eval` scores
+them), atomic checkpoints and *exact* resume. `final/` holds the student alone: a method's modules are
+training scaffolding, never part of what is exported.
 
 Exact resume rests on two rules. (1) The batch plan is a pure function of (seed, epoch), so a
 resumed run knows which micro-batch comes next from the step count alone. (2) Every random draw of a
 step (dropout, SpecAugment, timestamp sampling) comes from generators re-seeded from (seed, step,
 rank) at the start of the step, so nothing depends on how many draws happened before a crash. A run
-killed at any point and restarted produces the same weights as one that was never interrupted.
+killed at any point and restarted produces the same weights as one that was never interrupted. (With
+`num_workers` > 0 a batch is seeded the same way inside its worker, and the loss's draws (dropout) get
+their own re-seed: still exact on resume, though not the same draws as a run with `num_workers: 0`.)
 
     from speechkd.train import RunConfig, train
     final_dir = train(load_config(RunConfig, "conf/train.yaml"), "exp/student")
@@ -45,6 +50,7 @@ CHECKPOINT_DIR = "checkpoints"
 FINAL_DIR = "final"
 STATE_FILE = "trainer_state.json"
 MODEL_FILE = "model.safetensors"
+TASK_MODULES_FILE = "task_modules.safetensors"  # a method's own trainable modules, in checkpoints only
 OPTIMIZER_FILE = "optimizer.pt"
 METRICS_FILE = "metrics.jsonl"
 SEED_STRIDE = 1_000_003  # separates per-step seeds of different ranks; a prime well above any step count
@@ -73,11 +79,16 @@ class TrainConfig:
     seed: int = 0  # data order, dropout and initialisation; a resumed run continues the same stream
     num_threads: int | None = None  # torch intra-op threads per process; None keeps torch's default
     length_group_batches: int = 50  # sort items by length within chunks of this many batches (less padding)
+    device: str = "cpu"  # cpu, cuda, cuda:N, mps, or auto (CUDA when available); torchrun: one GPU per process
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # mixed precision: bf16 autocast, or fp16 + loss scaling
+    num_workers: int = 0  # processes preparing batches (audio decoding, features) while the model trains
 
     def validate(self) -> None:
         for name in ("max_steps", "batch_size", "grad_accum", "keep_checkpoints", "log_every", "length_group_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be >= 0")
         if self.lr <= 0:
             raise ValueError("lr must be > 0")
         if self.warmup_steps < 0 or self.eval_every < 0 or self.save_every < 0:
@@ -88,8 +99,10 @@ class TrainConfig:
 class RunConfig:
     """One training run: what to distil into what, from which labels. Saved as `<run>/config.yaml`."""
 
-    method: Literal["whisper_kd", "ctc"] = "whisper_kd"  # the distillation method (speechkd.tasks)
-    labels: str = ""  # (filtered) pseudo-label JSONL from `speechkd label` / `speechkd filter`
+    method: Literal["whisper_kd", "ctc", "layerwise"] = "whisper_kd"  # the distillation method (speechkd.tasks)
+    # (filtered) pseudo-label JSONL from `speechkd label` / `speechkd filter`; a method that needs no text
+    # (layerwise) takes any audio manifest, folder or saved dataset
+    labels: str = ""
     dev: str | None = None  # held-out data with references for periodic dev WER
     dev_max_utterances: int = 100  # dev utterances decoded at each evaluation
     teacher: str = "bundled:base"  # the teacher the student is cut from / learns the distributions of
@@ -101,7 +114,7 @@ class RunConfig:
 
     def validate(self) -> None:
         if not self.labels:
-            raise ValueError("labels is required: the pseudo-label JSONL to train on")
+            raise ValueError("labels is required: the pseudo-label JSONL (or, for layerwise, the audio) to train on")
 
 
 class Task(Protocol):
@@ -122,6 +135,9 @@ class Task(Protocol):
 
     def fingerprint(self) -> dict: ...
 
+    # Optional: `modules() -> dict[str, nn.Module]`, trainable modules the method owns (optimised and
+    # checkpointed with the student, left out of final/), and `to(device)` for what the loss runs itself.
+
 
 # ------------------------------------------------------------------------------------------ processes
 
@@ -130,6 +146,7 @@ class Task(Protocol):
 class Dist:
     rank: int = 0
     world: int = 1
+    device: torch.device = torch.device("cpu")  # where collectives run (NCCL needs GPU tensors)
 
     @property
     def main(self) -> bool:
@@ -142,19 +159,23 @@ class Dist:
     def mean(self, value: float) -> float:
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return float(t.item()) / self.world
 
 
-def init_distributed() -> Dist:
-    """Join the torchrun process group (gloo, CPU) when launched by torchrun; a single process otherwise."""
+def init_distributed(device: torch.device = torch.device("cpu")) -> Dist:
+    """Join the torchrun process group (gloo on CPU, NCCL on GPUs) when launched by torchrun; else one process."""
+    from speechkd.devices import dist_backend
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return Dist()
+        return Dist(device=device)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group(backend="gloo")
-    return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size())
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend=dist_backend(device))
+    return Dist(rank=torch.distributed.get_rank(), world=torch.distributed.get_world_size(), device=device)
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -216,7 +237,8 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+                    modules: torch.nn.Module | None = None) -> Path:
     """Write `checkpoints/step-N/` atomically: into a temp dir, renamed when complete; then prune old ones."""
     from safetensors.torch import save_file
 
@@ -227,6 +249,8 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     tmp.mkdir(parents=True)
     # Tied weights (Whisper's proj_out = embed_tokens) share storage; safetensors wants distinct tensors.
     save_file(_trainable_state(model), str(tmp / MODEL_FILE))
+    if modules is not None and len(modules.state_dict()):
+        save_file(_trainable_state(modules), str(tmp / TASK_MODULES_FILE))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
     atomic_write_json(tmp / STATE_FILE, state)
     if final.exists():
@@ -237,16 +261,19 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     return final
 
 
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, modules: torch.nn.Module | None = None) -> dict:
     from safetensors.torch import load_file
 
     state = json.loads((ckpt / STATE_FILE).read_text())
+    device = next(model.parameters()).device
     try:
-        model.load_state_dict(load_file(str(ckpt / MODEL_FILE)))
-    except RuntimeError as e:
+        model.load_state_dict(load_file(str(ckpt / MODEL_FILE), device=str(device)))
+        if modules is not None and len(modules.state_dict()):
+            modules.load_state_dict(load_file(str(ckpt / TASK_MODULES_FILE), device=str(device)))
+    except (RuntimeError, FileNotFoundError) as e:
         raise TrainingError(f"checkpoint {ckpt} does not fit the student ({str(e)[:300]}); was the student config "
                             f"changed? Train into a new folder") from e
-    opt = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True)
+    opt = torch.load(ckpt / OPTIMIZER_FILE, weights_only=True, map_location=device)
     optimizer.load_state_dict(opt["optimizer"])
     scheduler.load_state_dict(opt["scheduler"])
     return state
@@ -317,13 +344,16 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    from speechkd.devices import autocast, check_precision, grad_scaler, resolve_device, to_device
     from speechkd.runlog import setup_logging
     from speechkd.students import save_student
     from speechkd.tasks import method_module
 
     cfg = run.train
     out = Path(run_dir)
-    dist = init_distributed()
+    device = resolve_device(cfg.device)
+    check_precision(device, cfg.precision)
+    dist = init_distributed(device)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
     dist.barrier()
@@ -341,11 +371,18 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
     method = method_module(run.method)
     seed_step(cfg.seed, 0, 0, 0)  # model initialisation is seeded too
     try:
-        records = read_labels(run.labels)
+        records = method.read_records(run) if hasattr(method, "read_records") else read_labels(run.labels)
         model = build_model(run, records, method)
         task = method.build(run, out, model)
     except ValueError as e:  # unusable labels, incompatible student/teacher, bad method options: before any work
         raise TrainingError(str(e)) from e
+    if run.dev and not hasattr(task, "transcribe"):
+        raise TrainingError(f"method {run.method} trains no transcriber, so there is no dev WER to compute; drop `dev`")
+    modules = torch.nn.ModuleDict(task.modules() if hasattr(task, "modules") else {})
+    model.to(device)
+    modules.to(device)
+    if hasattr(task, "to"):
+        task.to(device)
     if task.num_items() < cfg.batch_size * dist.world:
         raise TrainingError(f"{run.labels}: {task.num_items()} training items is fewer than one batch per process "
                             f"(batch_size {cfg.batch_size} x {dist.world} processes); use a smaller batch_size")
@@ -353,14 +390,16 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the student has no trainable parameters (everything frozen?)")
+    params += [p for p in modules.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scaler = grad_scaler(device, cfg.precision)
 
     step = 0
     ckpts = _checkpoints(out)
     fingerprint = {"run": to_dict(run), "task": task.fingerprint(), "world_size": dist.world}
     if ckpts:
-        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
+        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler, modules)
         if state.get("fingerprint") != json.loads(json.dumps(fingerprint)):
             raise TrainingError(f"checkpoint {ckpts[-1]} was written for different data or a different number of "
                                 f"processes ({state.get('fingerprint', {}).get('world_size')} vs {dist.world}); resume "
@@ -384,12 +423,16 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             plans[epoch] = rank_batches(batch_plan(lengths, cfg.batch_size, cfg.seed, epoch, cfg.length_group_batches), dist)
         return plans[epoch][j]
 
+    batches = iter(_batch_loader(task, micro_batch, step * cfg.grad_accum, (cfg.max_steps - step) * cfg.grad_accum,
+                                 cfg, dist, device))
+
     # Steps/s and the ETA are tqdm's own; the postfix shows the mean loss since the last log row. While the
     # bar is up, console log lines are printed above it (the log file gets them unchanged).
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {run.method}", unit="step", file=sys.stderr,
                dynamic_ncols=True, disable=not (progress and dist.main))
     with bar, (nullcontext() if bar.disable else logging_redirect_tqdm()):
         model.train()
+        modules.train()
         t_start, running = time.perf_counter(), {}
         last_ckpt = ckpts[-1] if ckpts else None
         dev = None  # the dev utterances, read at the first evaluation (by the main process, which scores them)
@@ -398,13 +441,15 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             logs_sum: dict[str, float] = {}
             ids: list[str] = []
             for micro in range(cfg.grad_accum):
-                seed_step(cfg.seed, step, micro, dist.rank)
-                batch = task.collate(micro_batch(step * cfg.grad_accum + micro))
+                batch = next(batches)  # collated after seed_step(seed, step, micro, rank), here or in a worker
+                if cfg.num_workers:
+                    seed_step(cfg.seed, step, micro, dist.rank)  # the loss's own draws (dropout)
                 if batch is None:  # every item of this micro-batch was skipped (recorded in the skip list)
-                    loss, logs = torch.zeros(()), {}
+                    loss, logs = torch.zeros((), device=device), {}
                 else:
                     ids += list(batch["ids"])
-                    loss, logs = task.loss(model, batch)
+                    with autocast(device, cfg.precision):
+                        loss, logs = task.loss(model, to_device(batch, device))
                 finite = dist.mean(float(torch.isfinite(loss.detach()).all()))
                 if finite < 1.0:
                     raise TrainingError(
@@ -413,19 +458,22 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
                         f"again into a new folder with a lower train.lr / more warmup_steps (the same folder only "
                         f"resumes the same config)")
                 if loss.requires_grad:
-                    (loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 for k, v in logs.items():
                     logs_sum[k] = logs_sum.get(k, 0.0) + v / cfg.grad_accum
                 logs_sum["loss"] = logs_sum.get("loss", 0.0) + float(loss.detach()) / cfg.grad_accum
             all_reduce_grads(params, dist)
+            scaler.unscale_(optimizer)
             if cfg.max_grad_norm > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                if not math.isfinite(grad_norm):
+                # fp16: an overflow is the loss scale's business (the scaler skips the step and lowers it).
+                if not math.isfinite(grad_norm) and not scaler.is_enabled():
                     raise TrainingError(f"non-finite gradient norm at step {step + 1}; batch ids {ids[:8]}; last good "
                                         f"checkpoint {last_ckpt or 'none yet'}. Hint: train into a new folder with a "
                                         f"lower train.lr")
                 logs_sum["grad_norm"] = grad_norm
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             step += 1
             for k, v in logs_sum.items():
@@ -449,7 +497,8 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
             if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
                 if dist.main:
                     state = {"step": step, "fingerprint": fingerprint, "time": time.time()}
-                    last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+                    last_ckpt = save_checkpoint(out, step, model, optimizer, scheduler, state, cfg.keep_checkpoints,
+                                                modules)
                 dist.barrier()
     if metrics is not None:
         metrics.close()
@@ -462,6 +511,35 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
         log.info("final student saved to %s", final_dir)
     dist.barrier()
     return final_dir
+
+
+class _MicroBatches(torch.utils.data.Dataset):
+    """Micro-batches `first`, `first + 1`, ... collated by the task, each right after seed_step(seed, step, micro,
+    rank): in this process (num_workers 0: exactly the old order of draws) or in a data-loader worker."""
+
+    def __init__(self, task, micro_batch, first: int, count: int, cfg: TrainConfig, rank: int):
+        self.task, self.micro_batch, self.first, self.count, self.cfg, self.rank = (task, micro_batch, first, count,
+                                                                                    cfg, rank)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k: int) -> dict | None:
+        m = self.first + k
+        step, micro = divmod(m, self.cfg.grad_accum)
+        seed_step(self.cfg.seed, step, micro, self.rank)
+        return self.task.collate(self.micro_batch(m))
+
+
+def _keep(item):
+    return item
+
+
+def _batch_loader(task, micro_batch, first: int, count: int, cfg: TrainConfig, dist: Dist, device: torch.device):
+    workers = cfg.num_workers
+    return torch.utils.data.DataLoader(_MicroBatches(task, micro_batch, first, count, cfg, dist.rank), batch_size=None,
+                                       shuffle=False, num_workers=workers, collate_fn=_keep,
+                                       prefetch_factor=2 if workers else None, pin_memory=device.type == "cuda")
 
 
 def _finished(out: Path, cfg: TrainConfig) -> bool:

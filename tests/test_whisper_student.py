@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
@@ -14,7 +13,6 @@ from speechkd.students import StudentError, build_student, load_student, save_st
 from speechkd.students.whisper import (
     SpeculativeRecognizer,
     _student_generation_config,
-    add_student_parser,
     compare_speculative,
     create_student,
     select_layers,
@@ -214,27 +212,24 @@ def test_speculative_refuses_a_different_tokenizer(tiny_teacher):
 
 
 def test_cli_student_create(tiny_whisper_dir, other_tiny_whisper_dir, tmp_path, capsys, monkeypatch, teacher_cache):
+    from speechkd.cli import main
+
     monkeypatch.setenv("SPEECHKD_CACHE", str(teacher_cache))
-    parser = argparse.ArgumentParser()
-    add_student_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["student", "create", "--teacher", str(tiny_whisper_dir), "--decoder-layers", "1",
-                              "--encoder-layers", "1", "--out", str(tmp_path / "s")])
-    assert args.func(args) == 0
+    assert main(["student", "create", "--teacher", str(tiny_whisper_dir), "--decoder-layers", "1",
+                 "--encoder-layers", "1", "--out", str(tmp_path / "s")]) == 0
     assert "decoder layers [1]" in capsys.readouterr().out
     model = load_student(tmp_path / "s")
     assert (model.config.encoder_layers, model.config.decoder_layers) == (1, 1)
     # --pretrained: a smaller Whisper as the student, all of its layers unless asked otherwise.
-    args = parser.parse_args(["student", "create", "--teacher", str(tiny_whisper_dir), "--pretrained",
-                              str(other_tiny_whisper_dir), "--out", str(tmp_path / "p")])
-    assert args.func(args) == 0
+    assert main(["student", "create", "--teacher", str(tiny_whisper_dir), "--pretrained",
+                 str(other_tiny_whisper_dir), "--out", str(tmp_path / "p")]) == 0
     assert "pretrained" in capsys.readouterr().out
     model = load_student(tmp_path / "p")
     assert (model.config.d_model, model.config.decoder_layers) == (32, 2)
-    # 0 decoder layers is refused, not replaced by the default.
-    args = parser.parse_args(["student", "create", "--teacher", str(tiny_whisper_dir), "--decoder-layers", "0",
-                              "--out", str(tmp_path / "z")])
-    with pytest.raises(ConfigError, match="at least 1 decoder"):
-        args.func(args)
+    # 0 decoder layers is refused, not replaced by the default: one line naming the field, exit code 2.
+    assert main(["student", "create", "--teacher", str(tiny_whisper_dir), "--decoder-layers", "0",
+                 "--out", str(tmp_path / "z")]) == 2
+    assert "at least 1 decoder" in capsys.readouterr().err
 
 
 def test_student_config_refuses_both_init_from_and_pretrained(tiny_whisper_dir, other_tiny_whisper_dir):

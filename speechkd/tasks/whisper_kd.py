@@ -276,7 +276,7 @@ class WhisperKDTask:
         else:
             hidden = model.model.encoder(batch["input_features"]).last_hidden_state
             if self.cfg.encoder_loss_weight > 0:
-                frames = torch.ones(hidden.shape[:2], dtype=torch.bool)
+                frames = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
                 encoder_loss = hidden_state_loss(hidden, batch["encoder_hidden"], frames)
         out = model(encoder_outputs=(hidden,), decoder_input_ids=batch["decoder_input_ids"])
         teacher_logits = None
@@ -290,6 +290,13 @@ class WhisperKDTask:
             logs["encoder"] = float(encoder_loss.detach())
             loss = loss + self.cfg.encoder_loss_weight * encoder_loss
         return loss, logs
+
+    def to(self, device: torch.device) -> None:
+        """The teacher's decoder runs in the loss (KL), beside the student; its encoder stays on the CPU, where
+        collate computes (and caches) encoder outputs, also in data-loader workers."""
+        if self.teacher_model is not None:
+            self.teacher_model.model.decoder.to(device)
+            self.teacher_model.proj_out.to(device)
 
     def transcribe(self, model, audios: Sequence[np.ndarray]) -> list[str]:
         from speechkd.students import student_recognizer
