@@ -51,7 +51,8 @@ class LabelConfig:
     batch_size: int = 8  # windows per decoder call
     language: str | None = "en"  # None: detect per window (multilingual teachers)
     task: Literal["transcribe", "translate"] = "transcribe"  # translate: English text from any language
-    dtype: Literal["float32", "bfloat16"] = "float32"  # transformers backend
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # transformers backend (half types: GPUs)
+    device: str = "cpu"  # cpu, cuda, cuda:N or auto (both backends; torchrun: one GPU per process)
     compute_type: str = "default"  # ctranslate2 backend: default | int8 | float32 | int8_float32 ...
     pack: bool = True  # pack short utterances into shared 30-s windows (the main speed lever)
     pack_gap_s: float = 1.0  # silence between packed utterances
@@ -439,8 +440,10 @@ def run_label(cfg: LabelConfig, data, out: str | os.PathLike, *, progress: bool 
     utterances = open_data(data)
     if not utterances:
         raise LabelError(f"no utterances found in {data}")
-    teacher = load_whisper(cfg.teacher, dtype=getattr(torch, cfg.dtype), compute_type=cfg.compute_type,
-                           cpu_threads=cfg.num_threads)
+    from speechkd.devices import resolve_device
+
+    teacher = load_whisper(cfg.teacher, device=str(resolve_device(cfg.device)), dtype=getattr(torch, cfg.dtype),
+                           compute_type=cfg.compute_type, cpu_threads=cfg.num_threads)
     _ = teacher.tokenizer  # load now: a broken teacher fails before any audio is touched
     fingerprint = {**cfg.fingerprint(), "num_shards": num_shards,
                    "teacher_revision": teacher.revision, "teacher_name": teacher.name}

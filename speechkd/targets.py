@@ -67,7 +67,8 @@ class TargetsConfig:
     batch_size: int = 8  # utterances per teacher forward pass
     shard_size: int = 256  # utterances per shard file (one shard is the unit of resume)
     max_duration_s: float | None = 30.0  # longer audio is skipped (Whisper encoders take at most 30 s)
-    device: str = "cpu"  # cpu, cuda, cuda:N or mps
+    device: str = "cpu"  # cpu, cuda, cuda:N, mps or auto (torchrun: one GPU per process)
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # the teacher's arithmetic (half: GPUs)
     num_shards: int = 1  # > 1: this process extracts every num_shards-th utterance (torchrun sets it)
     shard_id: int = 0  # which share this process extracts, 0..num_shards-1
 
@@ -81,7 +82,7 @@ class TargetsConfig:
 
 
 def header_fingerprint(header: dict) -> str:
-    keys = ("format", "kind", "teacher", "revision", "layers", "frame_rate_hz", "hidden_size", "dtype")
+    keys = ("format", "kind", "teacher", "revision", "layers", "frame_rate_hz", "hidden_size", "dtype", "compute_dtype")
     blob = json.dumps({k: header.get(k) for k in keys}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -89,7 +90,8 @@ def header_fingerprint(header: dict) -> str:
 def make_header(teacher: Any, layers: Sequence[int], dtype: str) -> dict:
     header = {"format": FORMAT, "kind": "hidden", "teacher": teacher.name, "revision": teacher.revision,
               "layers": [int(x) for x in layers], "frame_rate_hz": float(teacher.frame_rate_hz),
-              "hidden_size": int(teacher.hidden_size), "dtype": dtype}
+              "hidden_size": int(teacher.hidden_size), "dtype": dtype,
+              "compute_dtype": str(teacher.dtype).removeprefix("torch.")}
     header["fingerprint"] = header_fingerprint(header)
     return header
 
@@ -101,16 +103,18 @@ def tensor_name(utt_id: str, layer: int) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def load_target_teacher(spec: str, device: str = "cpu"):
+def load_target_teacher(spec: str, device: str = "cpu", dtype: str = "float32"):
     """The encoder teacher of a store; a CTranslate2 Whisper dir goes through load_whisper (which converts it)."""
+    from speechkd.devices import resolve_device
     from speechkd.teachers.encoders import load_encoder
 
+    where, dtype_ = resolve_device(device), getattr(torch, dtype)
     path = Path(spec)
     if path.is_dir() and (path / "model.bin").is_file() and not (path / "model.safetensors").is_file():
         from speechkd.teachers import load_whisper
 
-        return load_encoder(load_whisper(spec), device=device)
-    return load_encoder(spec, device=device)
+        return load_encoder(load_whisper(spec), device=where, dtype=dtype_)
+    return load_encoder(spec, device=where, dtype=dtype_)
 
 
 class _ShardWriter:
@@ -169,7 +173,7 @@ def extract_targets(cfg: TargetsConfig, data: Any, out_dir: str | os.PathLike, *
     cfg.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    teacher = teacher if teacher is not None else load_target_teacher(cfg.teacher, cfg.device)
+    teacher = teacher if teacher is not None else load_target_teacher(cfg.teacher, cfg.device, cfg.compute_dtype)
     layers = resolve_layers(cfg.layers, teacher.num_layers, teacher.name)
     shard_id, num_shards = resolve_shard(cfg)
     header = make_header(teacher, layers, cfg.dtype)
@@ -263,7 +267,7 @@ def _read_header(path: Path) -> dict:
 
 def check_header(found: dict, expected: dict, *, where: str) -> None:
     """Refuse a store written for another teacher, revision, layer set or dtype, naming every difference."""
-    keys = ("format", "kind", "teacher", "revision", "layers", "frame_rate_hz", "hidden_size", "dtype")
+    keys = ("format", "kind", "teacher", "revision", "layers", "frame_rate_hz", "hidden_size", "dtype", "compute_dtype")
     diff = [f"{k}: store has {found.get(k)!r}, asked for {expected.get(k)!r}" for k in keys
             if expected.get(k) is not None and found.get(k) != expected.get(k)]
     if found.get("fingerprint") != header_fingerprint(found):
