@@ -25,7 +25,7 @@ import numpy as np
 
 from speechkd.config import save_config, to_dict
 from speechkd.data import AudioConfig, AudioError, SkipList, Utterance, decode, open_data
-from speechkd.io import JsonlWriter, OutputPaths, atomic_write_json, read_jsonl, write_jsonl
+from speechkd.io import JsonlWriter, OutputPaths, atomic_directory, atomic_write_json, read_jsonl, write_jsonl
 from speechkd.packing import WINDOW_SECONDS, Piece, Window, assign_tokens, pack_windows, split_long
 from speechkd_runtime.audio import SAMPLE_RATE_HZ
 from speechkd_runtime.guards import WhisperGuards, compression_ratio
@@ -544,12 +544,7 @@ def labels_to_dataset(labels: str | os.PathLike, out_dir: str | os.PathLike, dat
     else:
         ds = datasets.Dataset.from_list(records)
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    ds.save_to_disk(str(tmp))
-    if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        ds.save_to_disk(str(tmp))
     return out_dir
 

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from speechkd.config import save_config, to_dict
-from speechkd.io import JsonlWriter, atomic_write_json, read_jsonl, read_labels
+from speechkd.io import JsonlWriter, atomic_directory, atomic_write_json, read_jsonl, read_labels
 from speechkd.errors import SpeechkdError
 
 log = logging.getLogger(__name__)
@@ -242,20 +242,14 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     """Write `checkpoints/step-N/` atomically: into a temp dir, renamed when complete; then prune old ones."""
     from safetensors.torch import save_file
 
-    root = run_dir / CHECKPOINT_DIR
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # Tied weights (Whisper's proj_out = embed_tokens) share storage; safetensors wants distinct tensors.
-    save_file(_trainable_state(model), str(tmp / MODEL_FILE))
-    if modules is not None and len(modules.state_dict()):
-        save_file(_trainable_state(modules), str(tmp / TASK_MODULES_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
-    atomic_write_json(tmp / STATE_FILE, state)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = run_dir / CHECKPOINT_DIR / f"step-{step:07d}"
+    with atomic_directory(final) as tmp:
+        # Tied weights (Whisper's proj_out = embed_tokens) share storage; safetensors wants distinct tensors.
+        save_file(_trainable_state(model), str(tmp / MODEL_FILE))
+        if modules is not None and len(modules.state_dict()):
+            save_file(_trainable_state(modules), str(tmp / TASK_MODULES_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
+        atomic_write_json(tmp / STATE_FILE, state)
     for old in _checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -503,11 +497,8 @@ def train(run: RunConfig, run_dir: str | os.PathLike, *, progress: bool = True) 
     if metrics is not None:
         metrics.close()
     if dist.main:
-        tmp = out / (FINAL_DIR + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_student(model, tmp)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        os.replace(tmp, final_dir)
+        with atomic_directory(final_dir) as tmp:
+            save_student(model, tmp)
         log.info("final student saved to %s", final_dir)
     dist.barrier()
     return final_dir
