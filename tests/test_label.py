@@ -101,7 +101,7 @@ def test_resume_after_sigkill_gives_identical_output(test_split, teacher_cache, 
     env = _env(teacher_cache)
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps({"audio": u.audio, "id": u.id, "text": u.text}) + "\n" for u in test_split))
-    common = ["--data", str(manifest), "--batch-size", "1", "--pack", "false", "--quiet"]
+    common = ["--data", str(manifest), "--batch-size", "1", "--no-pack", "--quiet"]
     clean = tmp_path / "clean" / "labels.jsonl"
     assert _run_cli([*common, "--out", str(clean)], env).returncode == 0
     out = tmp_path / "killed" / "labels.jsonl"
