@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-for script in synth teachers label filters whisper_student ctc_students export; do
+for script in synth teachers label filters targets whisper_student ctc_students export; do
   echo "== benchmarks/$script.py"
   "$PY" "benchmarks/$script.py"
 done
