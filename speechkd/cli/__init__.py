@@ -1,6 +1,6 @@
 """`speechkd <command>`: thin commands over the library, one module per command group.
 
-    data.py      synth, label, filter, targets, lm
+    data.py      synth, label, filter, targets, split, lm
     train.py     train, student create
     evaluate.py  eval, report
     export.py    export, verify

@@ -1,4 +1,4 @@
-"""`speechkd synth | label | filter | targets | lm`: the data side (corpora, pseudo-labels, label filters, teacher
+"""`speechkd synth | label | filter | targets | split | lm`: the data side (corpora, pseudo-labels, label filters, teacher
 targets, decoding LMs)."""
 
 from __future__ import annotations
@@ -66,6 +66,15 @@ def cmd_targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    from speechkd.splits import SplitConfig, run_split
+
+    summary = run_split(config_from_args(SplitConfig, args), args.data, args.out, split_file=args.split_file)
+    print(json.dumps(summary, indent=2))
+    print(f"split: {args.out / 'split.json'}; manifests: {', '.join(str(args.out / f'{n}.jsonl') for n in summary)}")
+    return 0
+
+
 def cmd_lm(args: argparse.Namespace) -> int:
     from speechkd.lm import DecodingLMConfig, build_decoding_lm
 
@@ -79,6 +88,7 @@ def add_parsers(sub, command) -> None:
     from speechkd.filters import FilterConfig
     from speechkd.label import LabelConfig
     from speechkd.lm import DecodingLMConfig
+    from speechkd.splits import SplitConfig
     from speechkd.synth import SynthConfig
     from speechkd.targets import TargetsConfig
 
@@ -122,6 +132,15 @@ def add_parsers(sub, command) -> None:
                     help="store folder: store.json, shard-*.safetensors, index-*.jsonl, skipped.jsonl, log/")
     tg.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_args(tg, TargetsConfig)
+
+    sp = command(sub, "split", cmd_split, "split data by speaker (no voice on both sides), stratified, reproducible", [
+        "speechkd split --data ../shared/data/real/speechocean762_train/manifest.jsonl --out exp/so762 "
+        "--speakers 85,15,25",
+        "speechkd split --data corpus.jsonl --out exp/split --split-file data/splits/speechocean762_train.json"])
+    sp.add_argument("--data", required=True, help="manifest, audio folder or saved dataset with a `speaker` column")
+    sp.add_argument("--out", required=True, type=Path, help="folder for split.json and one manifest per split")
+    sp.add_argument("--split-file", help="apply this split file (checked against the data) instead of making one")
+    add_config_args(sp, SplitConfig)
 
     lm = command(sub, "lm", cmd_lm, "word n-gram (Kneser-Ney, ARPA) from pseudo-labels or text, for CTC beam search", [
         "speechkd lm --text exp/labels/kept.jsonl --out exp/lm/3gram.arpa --order 3"])
