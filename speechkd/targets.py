@@ -174,7 +174,9 @@ def extract_targets(cfg: TargetsConfig, data: Any, out_dir: str | os.PathLike, *
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = teacher if teacher is not None else load_target_teacher(cfg.teacher, cfg.device, cfg.compute_dtype)
-    layers = resolve_layers(cfg.layers, teacher.num_layers, teacher.name)
+    from speechkd.teachers.encoders import layer_indices
+
+    layers = layer_indices(list(cfg.layers), teacher.num_layers, teacher.name, TargetStoreError)
     shard_id, num_shards = resolve_shard(cfg)
     header = make_header(teacher, layers, cfg.dtype)
     header_path = out / HEADER_FILE
@@ -215,18 +217,6 @@ def extract_targets(cfg: TargetsConfig, data: Any, out_dir: str | os.PathLike, *
                "bytes_on_disk": size, "store": str(out), "fingerprint": header["fingerprint"]}
     log.info("targets: %s", summary)
     return summary
-
-
-def resolve_layers(layers: Sequence[int], num_layers: int, name: str) -> list[int]:
-    """Layer indices as stored: negative ones count from the end (-1 = num_layers), duplicates dropped."""
-    out: list[int] = []
-    for layer in layers:
-        if not -(num_layers + 1) <= int(layer) <= num_layers:
-            raise TargetStoreError(f"layer {layer} is out of range for {name} ({num_layers} layers): use "
-                                   f"0..{num_layers} (0 = the front-end output) or -1 for the last")
-        if int(layer) % (num_layers + 1) not in out:
-            out.append(int(layer) % (num_layers + 1))
-    return out
 
 
 def _with_end(items: Iterable) -> Iterable:

@@ -71,5 +71,5 @@ def test_layers_lengths_frame_rate_and_the_head_on_the_last_layer(kind, tiny_whi
 def test_bad_layer_names_the_range():
     model = _student("conformer_ctc")
     x, x_lens = (torch.as_tensor(a) for a in _batch(model))
-    with pytest.raises(StudentError, match="valid: 0..3"):
+    with pytest.raises(StudentError, match=r"valid indices are 0\.\.3"):
         model.encode(x, x_lens, layers=[4])

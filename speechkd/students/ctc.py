@@ -81,29 +81,13 @@ class CTCModel(nn.Module):
     def encode(self, x: torch.Tensor, x_lens: torch.Tensor, layers: Sequence[int] | int | None = None):
         """The chosen layers' hidden states with valid lengths and the frame rate, as an
         :class:`~speechkd.teachers.encoders.EncoderOutput` (padded frames zeroed), with gradients."""
-        from speechkd.teachers.encoders import EncoderOutput
+        from speechkd.teachers.encoders import EncoderOutput, layer_indices
 
-        chosen = resolve_layer_indices(layers, self.num_layers, type(self).__name__)
+        chosen = layer_indices(layers, self.num_layers, type(self).__name__, StudentError)
         hidden, lens = self.hidden_states(x, x_lens, chosen)
         valid = length_mask(lens, next(iter(hidden.values())).shape[1])[:, :, None]
         return EncoderOutput(hidden={i: hidden[i].masked_fill(~valid, 0.0) for i in chosen}, lengths=lens,
                              frame_rate_hz=self.frame_rate_hz)
-
-
-def resolve_layer_indices(layers: Sequence[int] | int | None, num_layers: int, name: str) -> list[int]:
-    """Non-negative layer indices (-1 = num_layers; None = all), checked, in the order given, without repeats."""
-    if layers is None:
-        return list(range(num_layers + 1))
-    if isinstance(layers, int):
-        layers = [layers]
-    out: list[int] = []
-    for layer in layers:
-        if not -(num_layers + 1) <= int(layer) <= num_layers:
-            raise StudentError(f"{name}: layer {layer} is out of range; valid: 0..{num_layers} (0 = the input of the "
-                               f"first block) or -{num_layers + 1}..-1 from the end")
-        if int(layer) % (num_layers + 1) not in out:
-            out.append(int(layer) % (num_layers + 1))
-    return out
 
 
 def require_vocab(vocab: Any, student_type: str) -> Vocabulary:

@@ -31,6 +31,7 @@ from speechkd.config import from_dict, to_dict
 from speechkd.data import AudioError, SkipList, load_audio
 from speechkd.losses import hidden_state_loss
 from speechkd.targets import FrameMismatchError, TargetStore, align_frames
+from speechkd.teachers.encoders import layer_indices
 from speechkd.vocab import build_vocabulary
 from speechkd_runtime.features import compute_features, pad_batch
 
@@ -95,19 +96,17 @@ class LayerwiseTask:
             available, teacher_dim, self.teacher_rate = (self.store.layers, int(self.store.header["hidden_size"]),
                                                          self.store.frame_rate_hz)
         else:
-            from speechkd.targets import load_target_teacher, resolve_layers
+            from speechkd.targets import load_target_teacher
 
             self.store, self.teacher = None, load_target_teacher(run.teacher)
-            teacher_layers = resolve_layers(cfg.teacher_layers or (-1,), self.teacher.num_layers, run.teacher)
+            teacher_layers = layer_indices(list(cfg.teacher_layers or (-1,)), self.teacher.num_layers, run.teacher)
             available, teacher_dim, self.teacher_rate = (teacher_layers, self.teacher.hidden_size,
                                                          self.teacher.frame_rate_hz)
         missing = [t for t in teacher_layers if t not in available]
         if missing:
             raise ValueError(f"teacher layers {missing} are not in the target store {cfg.targets} (it holds "
                              f"{available}); extract them with `speechkd targets --layers ...`")
-        from speechkd.students.ctc import resolve_layer_indices
-
-        student_layers = resolve_layer_indices(list(cfg.student_layers), core.num_layers, run.student_type)
+        student_layers = layer_indices(list(cfg.student_layers), core.num_layers, run.student_type)
         if len(cfg.student_layers) == 1:
             student_layers = student_layers * len(teacher_layers)
         self.pairs = list(zip(student_layers, teacher_layers))

@@ -48,7 +48,7 @@ import torch
 from speechkd.teachers.bundled import BUNDLED_PREFIX
 from speechkd_runtime.audio import SAMPLE_RATE_HZ
 
-__all__ = ["EncoderOutput", "EncoderTeacher", "load_encoder", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["EncoderOutput", "EncoderTeacher", "layer_indices", "load_encoder", "SUPPORTED_MODEL_TYPES"]
 
 WHISPER_MEL_HOP_SAMPLES = 160
 """Default Whisper STFT hop: 10 ms at 16 kHz, i.e. 100 mel frames per second (the feature extractor may override)."""
@@ -159,24 +159,7 @@ class EncoderTeacher:
     # -- shared helpers -------------------------------------------------------------------------
 
     def _check_layers(self, layers: Sequence[int] | int | None) -> list[int]:
-        valid = f"0..{self.num_layers} (or -{self.num_layers + 1}..-1 from the end)"
-        if layers is None:
-            return list(range(self.num_layers + 1))
-        if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
-            layers = [int(layers)]
-        out: list[int] = []
-        for layer in layers:
-            if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
-                raise ValueError(f"layer indices must be integers in {valid}; got {layer!r}")
-            if not -(self.num_layers + 1) <= layer <= self.num_layers:
-                raise ValueError(f"layer {layer} out of range for {self.name!r} ({self.num_layers} layers): "
-                                 f"valid indices are {valid}, where 0 is the front-end output")
-            layer = int(layer) % (self.num_layers + 1)
-            if layer not in out:
-                out.append(layer)
-        if not out:
-            raise ValueError(f"no layers selected; pass None for all or indices in {valid}")
-        return out
+        return layer_indices(layers, self.num_layers, repr(self.name))
 
     def _check_audio(self, audio: Any, index: int) -> np.ndarray:
         """A 1-D finite float32 waveform within the model's length limits, or a ValueError saying why not."""
@@ -300,6 +283,30 @@ class _WhisperEncoderTeacher(EncoderTeacher):
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
+
+
+def layer_indices(layers: Sequence[int] | int | None, num_layers: int, name: str,
+                  error: type[Exception] = ValueError) -> list[int]:
+    """Non-negative layer indices in the order given, without repeats: ``None`` is all of ``0..num_layers``, negative
+    ones count from the end (``-1`` = ``num_layers``). Teachers, students and target stores all index layers so:
+    0 is the front-end output fed to the first layer, ``num_layers`` the final output. Out of range: ``error``."""
+    valid = f"0..{num_layers} (or -{num_layers + 1}..-1 from the end)"
+    if layers is None:
+        return list(range(num_layers + 1))
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        layers = [int(layers)]
+    out: list[int] = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise error(f"layer indices must be integers in {valid}; got {layer!r}")
+        if not -(num_layers + 1) <= layer <= num_layers:
+            raise error(f"layer {layer} out of range for {name} ({num_layers} layers): valid indices are {valid}, "
+                        f"where 0 is the front-end output")
+        if int(layer) % (num_layers + 1) not in out:
+            out.append(int(layer) % (num_layers + 1))
+    if not out:
+        raise error(f"no layers selected; pass None for all or indices in {valid}")
+    return out
 
 
 def load_encoder(spec: Any, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
