@@ -345,6 +345,7 @@ class SkipList:
             return
         self._seen.add(key)
         record = {"id": uid, "source": source, "reason": reason, "stage": self.stage}
+        logger.warning("%s: skipping %s: %s", self.stage, uid, reason)  # never silent, with or without a file
         self._records.append(record)
         self._ids.add(uid)
         if self.path is not None:
@@ -390,8 +391,9 @@ def iter_audio(utterances: Iterable[Utterance], cfg: AudioConfig = AudioConfig()
             samples = decode(utt, cfg)
         except AudioError as e:
             if skip_list is not None:
-                skip_list.add(utt, str(e))
-            warn(f"skipping {utt.id}: {e}")
+                skip_list.add(utt, str(e))  # which logs it
+            else:
+                warn(f"skipping {utt.id}: {e}")
             continue
         yield utt, samples
 

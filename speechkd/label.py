@@ -316,7 +316,8 @@ def pseudo_label(
     """Yield one label record per utterance (utterances in `done_ids` are planned but not emitted).
 
     Works without references; an utterance's `text`, when present, is carried as `reference`.
-    Bad audio is recorded in `skip_list` with its reason and the rest goes on.
+    Bad audio is logged as a warning and recorded in `skip_list` with its reason, and the rest goes on; pass
+    `skip_list=SkipList(None)` to read the skips back (`.records`) without writing a file.
     """
     from tqdm.auto import tqdm
 

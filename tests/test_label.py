@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -207,3 +208,29 @@ def test_random_model_samples_and_seeding(tiny_whisper_dir, tmp_path):
         assert a[0]["text"] == b[0]["text"]
         if backend == "transformers":  # CTranslate2's sampler is seeded per worker thread, out of our reach
             assert a == b
+
+
+def test_the_readme_example_logs_and_returns_a_broken_file(tiny_en, test_split, tmp_path, monkeypatch, caplog):
+    """README "Python API": pseudo-labelling a folder with one broken file names it in a warning and in the
+    caller's skip list; the other files are labelled."""
+    import logging
+    import re
+
+    from speechkd.data import decode
+
+    folder = tmp_path / "my_audio"
+    folder.mkdir()
+    for u in test_split[:2]:
+        sf.write(folder / f"{u.id}.wav", decode(u), 16000)
+    (folder / "broken.wav").write_bytes(os.urandom(1000))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"```python\n(from speechkd.data import SkipList, open_data\n.*?)\nfrom speechkd.filters", readme,
+                     re.S).group(1)
+    code = code.replace('load_whisper("bundled:tiny.en")', "tiny_en").replace('"my_audio/"', repr(str(folder)))
+    monkeypatch.chdir(tmp_path)
+    scope = {"tiny_en": tiny_en}
+    with caplog.at_level(logging.WARNING):
+        exec(code, scope)  # noqa: S102 - the README's own lines
+    assert len(scope["labels"]) == 2
+    assert [r["id"] for r in scope["skipped"].records] == ["broken"]
+    assert any("broken" in r.getMessage() and "broken.wav" in r.getMessage() for r in caplog.records)
