@@ -99,7 +99,11 @@ def main() -> None:
     for name, sec in runs.items():
         lines.append(f"| {name} | {sec:.2f} | {online / sec:.1f}x faster |" if name != "teacher online"
                      else f"| {name} | {sec:.2f} | 1.0x |")
-    lines += ["", provenance()]
+    gpu = (f"GPU: {torch.cuda.get_device_name(0)} present, but this benchmark measures the CPU path only"
+           if torch.cuda.is_available() else
+           "GPU: none on this machine, so the CUDA path of training and extraction (train.device, precision) has "
+           "not been measured; it is written and unit-tested on CPU only")
+    lines += ["", gpu, "", provenance()]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
