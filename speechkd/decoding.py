@@ -134,8 +134,8 @@ class ScoredDecoder:
         self.teacher = teacher
         self.guards = guards
         self.backend = backend
-        self.language = teacher._language_code(language) if teacher.is_multilingual else None
-        self.task = teacher._check_task(task)
+        self.language = teacher.language_code(language) if teacher.is_multilingual else None
+        self.task = teacher.check_task(task)
         self.num_samples = num_samples
         self.temperature = temperature
         self.seed = seed
@@ -316,7 +316,7 @@ class ScoredDecoder:
             enc = model.model.encoder(inputs).last_hidden_state
             if languages is None:
                 if teacher.is_multilingual and self.language is None:
-                    languages = teacher._detect_hf(inputs)
+                    languages = teacher.detect_language_hf(inputs)
                 else:
                     languages = [self.language] * len(features)
         prompts = np.array(self._prompts(languages), dtype=np.int64)

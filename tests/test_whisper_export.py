@@ -243,7 +243,7 @@ def test_ct2_export_runs_in_faster_whisper(tiny_whisper_dir, teacher, audios, tm
     prompt = teacher.prompt_ids(None)
     results = ct2.generate(feats, [prompt] * len(audios), beam_size=1, max_length=40, return_scores=False,
                            suppress_blank=True, suppress_tokens=list(teacher.model.generation_config.suppress_tokens))
-    got = [teacher._strip(r.sequences_ids[0], prompt) for r in results]
+    got = [teacher.strip_prompt(r.sequences_ids[0], prompt) for r in results]
     assert got == teacher.generate_token_ids(audios, batch_size=len(audios), guards=RAW_GREEDY)
 
 

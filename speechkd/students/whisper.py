@@ -355,10 +355,10 @@ class SpeculativeRecognizer:
         from transformers.generation import GenerationMixin
         from transformers.utils import logging as hf_logging
 
-        from speechkd.teachers.whisper import DecodeOptions, _check_audio
+        from speechkd.teachers.whisper import DecodeOptions, check_audio
 
         t = self.teacher
-        options = DecodeOptions(language=t._language_code(self.language) if t.is_multilingual else None)
+        options = DecodeOptions(language=t.language_code(self.language) if t.is_multilingual else None)
         if t.is_multilingual and options.language is None:
             raise ValueError("speculative decoding needs a fixed language for multilingual models")
         prompt = torch.tensor([t.prompt_ids(options.language)], device=t.device)
@@ -380,15 +380,15 @@ class SpeculativeRecognizer:
         out = []
         try:
             for i, audio in enumerate(audios):
-                features = torch.from_numpy(t.features([_check_audio(audio, i)])).to(device=t.device, dtype=t.dtype)
+                features = torch.from_numpy(t.features([check_audio(audio, i)])).to(device=t.device, dtype=t.dtype)
                 with torch.inference_mode():
                     seq = GenerationMixin.generate(
                         t.model, input_features=features, decoder_input_ids=prompt, decoder_attention_mask=prompt_mask,
                         generation_config=t.model_generation_config, assistant_model=self.assistant,
-                        max_new_tokens=t._max_new_tokens(options), num_beams=1, do_sample=False,
+                        max_new_tokens=t.new_token_limit(options), num_beams=1, do_sample=False,
                         forced_decoder_ids=None,
                     )
-                out.append(t._strip(seq[0].tolist(), prompt[0].tolist()))
+                out.append(t.strip_prompt(seq[0].tolist(), prompt[0].tolist()))
         finally:
             hf_logging.set_verbosity(verbosity)
             del self.assistant.generate

@@ -65,13 +65,13 @@ def compare_with_faster_whisper(
                                       guards=RAW_GREEDY)
     else:
         num_mel_bins = teacher.processor.feature_extractor.feature_size
-        options = DecodeOptions(language=teacher._language_code(language) if teacher.is_multilingual else None,
+        options = DecodeOptions(language=teacher.language_code(language) if teacher.is_multilingual else None,
                                 guards=RAW_GREEDY)
         hf_texts = []
         for start in range(0, len(clips), batch_size):
             batch = clips[start:start + batch_size]
             feats = faster_whisper_features(batch, num_mel_bins=num_mel_bins)
-            results = teacher._generate_batch(feats, [len(c) / SAMPLE_RATE_HZ for c in batch], options, "transformers")
+            results = teacher.generate_batch(feats, [len(c) / SAMPLE_RATE_HZ for c in batch], options, "transformers")
             hf_texts += [teacher.text(r.ids) for r in results]
     fw = WhisperModel(str(teacher.ct2_dir), device="cpu", compute_type="float32", cpu_threads=cpu_threads)
     normalise = EnglishTextNormalizer()

@@ -260,10 +260,10 @@ class WhisperTeacher:
             raise ValueError(f"backend={backend!r}; choose one of {BACKENDS}")
         if batch_size < 1 or beam_size < 1:
             raise ValueError(f"batch_size and beam_size must be >= 1 (got {batch_size}, {beam_size})")
-        clips = [_check_audio(a, i) for i, a in enumerate(audios)]
+        clips = [check_audio(a, i) for i, a in enumerate(audios)]
         options = DecodeOptions(
-            language=self._language_code(language) if self.is_multilingual else None,
-            task=self._check_task(task),
+            language=self.language_code(language) if self.is_multilingual else None,
+            task=self.check_task(task),
             beam_size=beam_size,
             max_new_tokens=max_new_tokens,
             guards=WhisperGuards() if guards is None else guards,
@@ -272,7 +272,7 @@ class WhisperTeacher:
         for start in range(0, len(clips), batch_size):
             batch = clips[start:start + batch_size]
             seconds = [len(c) / SAMPLE_RATE_HZ for c in batch]
-            out.extend(self._generate_batch(self.features(batch), seconds, options, backend,
+            out.extend(self.generate_batch(self.features(batch), seconds, options, backend,
                                             keys=[audio_key(c) for c in batch]))
         return out
 
@@ -296,10 +296,10 @@ class WhisperTeacher:
         prompt.append(vocab[NO_TIMESTAMPS_TOKEN])
         return prompt
 
-    def _generate_batch(self, features: np.ndarray, seconds: Sequence[float], options: DecodeOptions,
+    def generate_batch(self, features: np.ndarray, seconds: Sequence[float], options: DecodeOptions,
                         backend: Backend, keys: Sequence[int] | None = None) -> list[GuardedResult]:
         """Decode one padded feature batch under the guards; the single place each backend is called."""
-        budgets = [options.guards.budget(s, self._max_new_tokens(options)) for s in seconds]
+        budgets = [options.guards.budget(s, self.new_token_limit(options)) for s in seconds]
         if backend == "transformers":
             if options.beam_size > 1:  # transformers' beam search, unguarded (see DecodeOptions)
                 return [_unguarded(ids) for ids in self._generate_transformers(features, options)]
@@ -308,7 +308,7 @@ class WhisperTeacher:
             decode = self._decoder_ctranslate2(features, options)
         return decode_with_fallback(decode, budgets, self.text, options.guards, keys)
 
-    def _max_new_tokens(self, options: DecodeOptions) -> int:
+    def new_token_limit(self, options: DecodeOptions) -> int:
         """openai-whisper's rule, which ctranslate2 applies too: sample at most half the decoder context."""
         limit = int(self.model_generation_config.max_length or WHISPER_MAX_TARGET_TOKENS) // 2
         return limit if options.max_new_tokens is None else min(limit, options.max_new_tokens)
@@ -327,7 +327,7 @@ class WhisperTeacher:
         inputs = torch.from_numpy(features).to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             if self.is_multilingual and options.language is None:
-                languages = self._detect_hf(inputs)
+                languages = self.detect_language_hf(inputs)
             else:
                 languages = [options.language] * len(features)
             prompts = torch.tensor([self.prompt_ids(lang, options.task) for lang in languages], device=self.device)
@@ -335,11 +335,11 @@ class WhisperTeacher:
             # and as arguments, and when max_new_tokens meets the saved config's max_length (448). The limit is
             # therefore given as max_length, which counts the prompt: the same stopping point.
             gen = copy.deepcopy(self.model_generation_config)
-            gen.update(max_length=prompts.shape[1] + self._max_new_tokens(options), max_new_tokens=None,
+            gen.update(max_length=prompts.shape[1] + self.new_token_limit(options), max_new_tokens=None,
                        num_beams=options.beam_size, do_sample=False, forced_decoder_ids=None)
             sequences = GenerationMixin.generate(model, input_features=inputs, decoder_input_ids=prompts,
                                                  generation_config=gen)
-        return [self._strip(seq.tolist(), prompt.tolist()) for seq, prompt in zip(sequences, prompts)]
+        return [self.strip_prompt(seq.tolist(), prompt.tolist()) for seq, prompt in zip(sequences, prompts)]
 
     def _suppressed(self) -> tuple[np.ndarray, np.ndarray]:
         """Tokens suppressed at every step and at the first step, as transformers' Whisper generation does."""
@@ -358,7 +358,7 @@ class WhisperTeacher:
         inputs = torch.from_numpy(features).to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             encoded = model.model.encoder(inputs).last_hidden_state
-            languages = (self._detect_hf(inputs) if self.is_multilingual and options.language is None
+            languages = (self.detect_language_hf(inputs) if self.is_multilingual and options.language is None
                          else [options.language] * len(features))
         prompts = np.array([self.prompt_ids(lang, options.task) for lang in languages], dtype=np.int64)
         suppress, begin_suppress = self._suppressed()
@@ -386,7 +386,7 @@ class WhisperTeacher:
         else:
             languages = [options.language] * len(features)
         prompts = [self.prompt_ids(lang, options.task) for lang in languages]
-        cap = self._max_new_tokens(options)
+        cap = self.new_token_limit(options)
         suppress = list(self.model_generation_config.suppress_tokens or [])
 
         def generate(rows: list[int], budgets: list[int], limit: int, **sampling) -> list[Attempt]:
@@ -397,7 +397,7 @@ class WhisperTeacher:
                 return_scores=True, return_no_speech_prob=True, **sampling)
             attempts = []
             for r, i, budget in zip(results, rows, budgets):
-                ids = self._strip(r.sequences_ids[0], prompts[i])
+                ids = self.strip_prompt(r.sequences_ids[0], prompts[i])
                 # faster-whisper's reading of the score: the length-normalised sum over the text tokens.
                 attempt = Attempt(ids, float(r.scores[0]) * max(1, len(ids)), float(r.no_speech_prob))
                 attempts.append(limit_attempt(attempt, budget, cap, options.guards))
@@ -418,7 +418,7 @@ class WhisperTeacher:
 
         return decode
 
-    def _detect_hf(self, inputs: torch.Tensor) -> list[str]:
+    def detect_language_hf(self, inputs: torch.Tensor) -> list[str]:
         ids = self.model.detect_language(input_features=inputs, generation_config=self.model_generation_config)
         return [tok[2:-2] for tok in self.tokenizer.convert_ids_to_tokens(ids.view(-1).tolist())]
 
@@ -431,14 +431,14 @@ class WhisperTeacher:
             self._generation_config = GenerationConfig.from_pretrained(self.hf_dir)
         return self._generation_config
 
-    def _strip(self, ids: list[int], prompt: list[int]) -> list[int]:
+    def strip_prompt(self, ids: list[int], prompt: list[int]) -> list[int]:
         """Drop the echoed prompt (HF returns it) and everything from the first end-of-text on."""
         if ids[: len(prompt)] == prompt:
             ids = ids[len(prompt):]
         eot = self.vocab[EOT_TOKEN]
         return ids[: ids.index(eot)] if eot in ids else list(ids)
 
-    def _language_code(self, language: str | None) -> str | None:
+    def language_code(self, language: str | None) -> str | None:
         if language is None:
             return None
         from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
@@ -451,7 +451,7 @@ class WhisperTeacher:
             )
         return code
 
-    def _check_task(self, task: str) -> str:
+    def check_task(self, task: str) -> str:
         if task not in TASK_TOKENS:
             raise ValueError(f"task={task!r}; choose one of {tuple(TASK_TOKENS)}")
         return task
@@ -481,7 +481,7 @@ def _unguarded(ids: list[int]) -> GuardedResult:
                          cut=None)
 
 
-def _check_audio(audio: np.ndarray, index: int) -> np.ndarray:
+def check_audio(audio: np.ndarray, index: int) -> np.ndarray:
     arr = np.asarray(audio)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
