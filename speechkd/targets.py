@@ -90,7 +90,7 @@ def header_fingerprint(header: dict) -> str:
 def make_header(teacher: Any, layers: Sequence[int], dtype: str) -> dict:
     header = {"format": FORMAT, "kind": "hidden", "teacher": teacher.name, "revision": teacher.revision,
               "layers": [int(x) for x in layers], "frame_rate_hz": float(teacher.frame_rate_hz),
-              "hidden_size": int(teacher.hidden_size), "dtype": dtype,
+              "hidden_size": int(teacher.hidden_size), "num_layers": int(teacher.num_layers), "dtype": dtype,
               "compute_dtype": str(teacher.dtype).removeprefix("torch.")}
     header["fingerprint"] = header_fingerprint(header)
     return header

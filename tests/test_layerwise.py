@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
 
 def _run(setup, **kw):
     teacher, audio, store = setup
-    method = {"targets": str(store), "teacher_layers": [1, 2], "student_layers": [-1]}
+    method = {"targets": str(store), "teacher_layers": [1, -1], "student_layers": [-1]}  # -1: the teacher's last
     method.update(kw.pop("method", {}))
     train_cfg = dict(max_steps=4, batch_size=2, log_every=1, save_every=2, warmup_steps=1, lr=1e-3)
     train_cfg.update(kw)

@@ -80,8 +80,6 @@ def make_vocab(run: Any, records: list[dict]):
 
 
 class LayerwiseTask:
-    needs_text = False
-
     def __init__(self, run: Any, run_dir: Path, model, records: list[dict]):
         self.cfg = cfg = parse_config(run)
         self.run_dir = Path(run_dir)
@@ -92,7 +90,8 @@ class LayerwiseTask:
         if cfg.targets:
             self.store, self.teacher = TargetStore(cfg.targets), None
             self.store.check(teacher=run.teacher)
-            teacher_layers = list(cfg.teacher_layers) or self.store.layers
+            teacher_layers = (layer_indices(list(cfg.teacher_layers), int(self.store.header["num_layers"]), run.teacher)
+                              if cfg.teacher_layers else self.store.layers)
             available, teacher_dim, self.teacher_rate = (self.store.layers, int(self.store.header["hidden_size"]),
                                                          self.store.frame_rate_hz)
         else:
