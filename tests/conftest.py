@@ -97,3 +97,12 @@ def tiny_en(teacher_cache):
     from speechkd.teachers import load_whisper
 
     return load_whisper("bundled:tiny.en", cache_dir=teacher_cache)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: torchrun tests must not collide with another suite on the same machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

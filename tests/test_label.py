@@ -17,6 +17,7 @@ from speechkd.io import read_jsonl
 from speechkd.label import LabelConfig, LabelError, labels_to_dataset, pseudo_label, run_label
 from speechkd.metrics import score
 from speechkd_runtime.guards import compression_ratio
+from conftest import free_port
 
 REQUIRED = {"id", "text", "tokens", "avg_logprob", "mean_entropy", "no_speech_prob", "compression_ratio",
             "n_tokens", "duration", "teacher", "reference"}
@@ -125,7 +126,7 @@ def test_resume_after_sigkill_gives_identical_output(test_split, teacher_cache, 
 
 def test_torchrun_two_shards_merge(synth_corpus, teacher_cache, tmp_path):
     out = tmp_path / "sharded" / "labels.jsonl"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            "-m", "speechkd", "label", "--data", str(synth_corpus), "--out", str(out), "--quiet", "--num-threads", "1"]
     r = subprocess.run(cmd, env=_env(teacher_cache), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

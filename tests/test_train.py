@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from speechkd.io import write_jsonl
 from speechkd.losses import IGNORE_INDEX, cross_entropy, ctc_loss, distillation_loss, hidden_state_loss, kl_divergence
+from conftest import free_port
 from speechkd.train import RunConfig, TrainConfig, TrainingError, batch_plan, rank_batches, Dist, train
 
 # ------------------------------------------------------------------------------------------ losses
@@ -248,7 +249,7 @@ def test_torchrun_two_processes_gloo(kd_labels, tiny_whisper_dir, tmp_path):
     cfg.write_text(yaml.safe_dump(to_dict(kd_run(kd_labels, tiny_whisper_dir, max_steps=2, batch_size=2))))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     torchrun = Path(sys.executable).parent / "torchrun"
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "speechkd", "train",
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "speechkd", "train",
                            "--config", str(cfg), "--out", str(tmp_path / "ddp"), "--quiet"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
